@@ -1,0 +1,422 @@
+"""`HeaderFirstStreamingResponse`: Starlette's `StreamingResponse`, with its head held back
+until the late headers are known.
+
+Invariants, enforced in `__call__` and `_prepare` below:
+
+1. ``http.response.start`` is sent exactly once, and only after the header resolver
+   returned (or failed, in which case the head is that of an error response: a failed
+   resolver never leads to a ``200``).
+2. Nothing of the body is pulled from the iterator before the resolver returned, except
+   the first chunk when ``peek_first_chunk=True`` asked for it.
+3. Every header sent was validated after its last change: no CR, LF or other control
+   character reaches the server, whatever the server itself checks.
+4. The body iterator is closed when the response ends for any reason: finished, raised,
+   client disconnected, cancelled, HEAD, or an error response sent instead.
+
+Divergences from `starlette.responses.StreamingResponse` (each pinned by a parity test):
+
+- HEAD: the resolver runs and the head is sent, but the body is never iterated (an
+  endless stream would otherwise hang a HEAD request); the iterator is closed.
+- The body iterator is closed (``aclose()``/``close()``) on every exit; Starlette leaves an
+  abandoned generator to the garbage collector.
+- Headers are validated before sending; an invalid one gives a 500, never a split head.
+- While the head is held back, a disconnect is watched for on both ASGI paths (Starlette
+  watches only below spec 2.4), so that a client that left cancels the resolver.
+- Background tasks also run after the error responses this class sends itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Literal, TypeAlias
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+from starlette.background import BackgroundTask
+from starlette.requests import ClientDisconnect
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Message, Receive, Scope, Send
+
+from ._headers import (
+    FRAMING_HEADERS,
+    HeaderValidationError,
+    merge_headers,
+    render_headers,
+    validate_raw_headers,
+)
+from ._late import take_late_headers
+from ._types import ChunkHeaderResolver, EarlyErrorHandler, HeaderResolver, RawHeaders
+
+__all__ = ["HeaderFirstStreamingResponse"]
+
+logger = logging.getLogger("header_first_stream")
+
+ResolverErrorPolicy: TypeAlias = Literal["error", "degrade"]
+
+# Markers for the first chunk: not pulled yet, or the iterator ended before giving one.
+_NOT_PEEKED: Any = object()
+_EMPTY: Any = object()
+
+_END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+
+# A prepared response: the start message, the first chunk (or a marker), and for a
+# complete response that replaces the stream (an error), its body.
+_Plan: TypeAlias = tuple[Message, Any, bytes | memoryview | None]
+
+
+class _ResolverFailed(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+
+
+@contextmanager
+def _collapse_excgroups() -> Iterator[None]:
+    # anyio's task groups wrap even a single exception in a group; callers and
+    # Starlette's error middleware expect the exception itself, as Starlette gives it.
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) != 1:
+            raise
+        exc = group.exceptions[0]
+        context = None if exc.__suppress_context__ else exc.__context__
+        raise exc from exc.__cause__ or context
+
+
+def _deny_websocket(send: Send) -> Send:
+    async def wrapped(message: Message) -> None:
+        await send({**message, "type": "websocket." + message["type"]})
+
+    return wrapped
+
+
+def _spec_at_least_2_4(scope: Scope) -> bool:
+    version = scope.get("asgi", {}).get("spec_version", "2.0")
+    major, _, minor = version.partition(".")
+    return (int(major), int(minor or 0)) >= (2, 4)
+
+
+def _simple(status: int, raw_headers: RawHeaders, body: bytes | memoryview) -> _Plan:
+    start = {"type": "http.response.start", "status": status, "headers": raw_headers}
+    return start, _NOT_PEEKED, body
+
+
+def _default_early_error() -> Response:
+    return JSONResponse(
+        {
+            "error": {
+                "message": "The upstream service failed before sending a response.",
+                "type": "upstream_error",
+                "code": 502,
+            }
+        },
+        status_code=502,
+    )
+
+
+class HeaderFirstStreamingResponse(StreamingResponse):
+    """A `StreamingResponse` that sends its head only once its late headers are known.
+
+    A drop-in replacement for `starlette.responses.StreamingResponse` (same positional
+    arguments); the options below are keyword-only. Without any of them it behaves like
+    Starlette's, except for the divergences in this module's docstring.
+
+    Headers are merged in this order, a later source replacing every header of the same
+    name from an earlier one: the response's own headers, the request's `late_headers`,
+    then the resolver's. A resolver may set ``content-type``; it may not set
+    ``content-length`` or ``transfer-encoding`` (the server frames the stream), which is
+    an invalid-header failure.
+
+    Args:
+        content: An async iterable, or a sync iterable (iterated in a thread), of
+            `str`/`bytes`/`memoryview` chunks.
+        status_code: The status of a successful response.
+        headers: The response's own headers.
+        media_type: The ``content-type``; ``text/*`` gets ``charset=utf-8``.
+        background: Run after the response was sent (also after an error response
+            sent by this class), as in Starlette.
+        header_resolver: An async callable that returns the late headers, as a mapping
+            or (name, value) pairs; `int` values are rendered as decimal text. It is
+            awaited just before the head is sent, after the endpoint returned. With
+            ``peek_first_chunk=True`` it takes one argument: the first chunk, or ``None``
+            if the body is empty or failed.
+        resolver_timeout: Seconds to wait for the resolver; ``None`` waits as long as it
+            takes.
+        on_resolver_error: What a failed, timed-out or invalid resolver leads to.
+            ``"error"`` (default): a ``500`` (``504`` on timeout) with a short plain-text
+            body, the exception logged with the request path. ``"degrade"``: the stream
+            is sent without the resolver's headers, logged at WARNING.
+        peek_first_chunk: Pull the first chunk before sending the head, so that an
+            exception before it becomes a real error response instead of ``200`` and a
+            broken stream.
+        early_error_handler: With ``peek_first_chunk=True``: maps an exception raised
+            before the first chunk to the `Response` to send (its status, headers and
+            body; the late headers are added). Return ``None`` for the default ``502``
+            with a JSON body ``{"error": {...}}`` that leaks nothing of the exception.
+
+    Raises:
+        ValueError: An option is out of range.
+        TypeError: ``header_resolver`` or ``early_error_handler`` is not callable.
+    """
+
+    cleanup_timeout: float | None = 30.0
+    """Seconds the body iterator's ``aclose()`` may take before it is abandoned (logged)."""
+
+    def __init__(
+        self,
+        content: Any,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        media_type: str | None = None,
+        background: BackgroundTask | None = None,
+        *,
+        header_resolver: HeaderResolver | ChunkHeaderResolver | None = None,
+        resolver_timeout: float | None = None,
+        on_resolver_error: ResolverErrorPolicy = "error",
+        peek_first_chunk: bool = False,
+        early_error_handler: EarlyErrorHandler | None = None,
+    ) -> None:
+        if header_resolver is not None and not callable(header_resolver):
+            raise TypeError(
+                f"header_resolver must be an async callable, got {type(header_resolver).__name__}"
+            )
+        if resolver_timeout is not None and not resolver_timeout > 0:
+            raise ValueError(
+                f"resolver_timeout must be a positive number of seconds or None, "
+                f"got {resolver_timeout!r}"
+            )
+        if on_resolver_error not in ("error", "degrade"):
+            raise ValueError(
+                f"on_resolver_error must be 'error' or 'degrade', got {on_resolver_error!r}"
+            )
+        if early_error_handler is not None and not callable(early_error_handler):
+            raise TypeError(
+                "early_error_handler must be a callable taking the exception, "
+                f"got {type(early_error_handler).__name__}"
+            )
+        super().__init__(content, status_code, headers, media_type, background)
+        # Starlette wraps a sync iterable in a thread-pool async generator; closing that
+        # wrapper does not close the iterable itself, so keep it to close it too.
+        self._sync_content: object = None if isinstance(content, AsyncIterable) else content
+        self.header_resolver = header_resolver
+        self.resolver_timeout = resolver_timeout
+        self.on_resolver_error: ResolverErrorPolicy = on_resolver_error
+        self.peek_first_chunk = peek_first_chunk
+        self.early_error_handler = early_error_handler
+        # The iterator the peek and the loop share; created on first use, because an app
+        # may still replace `body_iterator` after construction, as with Starlette's.
+        self._started: AsyncIterator[Any] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            if scope["type"] != "http":
+                send = _deny_websocket(send)
+                await self._stream(scope, send, await self._prepare(scope))
+            elif _spec_at_least_2_4(scope):
+                await self._call_spec_2_4(scope, receive, send)
+            else:
+                await self._call_listening(scope, receive, send)
+        finally:
+            await self._close_body()
+        if self.background is not None:
+            await self.background()
+
+    async def _call_spec_2_4(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Here a disconnect shows as OSError from send(); while the head is held back
+        # nothing is sent, so the disconnect is listened for until the head is ready.
+        plan: _Plan | None = None
+        if self.header_resolver is None and not self.peek_first_chunk:
+            plan = await self._prepare(scope)  # nothing to wait for
+        else:
+            with _collapse_excgroups():
+                async with anyio.create_task_group() as task_group:
+                    task_group.start_soon(self._cancel_on_disconnect, receive, task_group)
+                    plan = await self._prepare(scope)
+                    task_group.cancel_scope.cancel()
+            if plan is None:  # the client left while the head was held back
+                return
+        try:
+            await self._stream(scope, send, plan)
+        except OSError:
+            raise ClientDisconnect() from None
+
+    async def _call_listening(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with _collapse_excgroups():
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(self._cancel_on_disconnect, receive, task_group)
+                await self._stream(scope, send, await self._prepare(scope))
+                task_group.cancel_scope.cancel()
+
+    async def _cancel_on_disconnect(
+        self, receive: Receive, task_group: anyio.abc.TaskGroup
+    ) -> None:
+        await self.listen_for_disconnect(receive)
+        task_group.cancel_scope.cancel()
+
+    async def _prepare(self, scope: Scope) -> _Plan:
+        """Decide the head: run the peek and the resolver; send nothing."""
+        first: Any = _NOT_PEEKED
+        early_error: Exception | None = None
+        if self.peek_first_chunk and not _is_head(scope):
+            try:
+                first = await anext(self._iterator())
+            except StopAsyncIteration:
+                first = _EMPTY
+            except Exception as exc:
+                early_error = exc
+        late = take_late_headers(scope)
+        try:
+            resolved = await self._resolve(scope, first)
+        except _ResolverFailed as failure:
+            body = failure.reason.encode()
+            headers = [(b"content-type", b"text/plain; charset=utf-8"), *late]
+            return _simple(failure.status, headers, body)
+        if early_error is not None:
+            return self._early_error_plan(scope, early_error, merge_headers(late, resolved))
+        try:
+            validate_raw_headers(self.raw_headers)
+        except HeaderValidationError:
+            logger.exception("invalid response header for %s", scope.get("path", ""))
+            headers = [(b"content-type", b"text/plain; charset=utf-8"), *late]
+            return _simple(500, headers, b"Internal Server Error")
+        headers = merge_headers(merge_headers(self.raw_headers, late), resolved)
+        return (
+            {"type": "http.response.start", "status": self.status_code, "headers": headers},
+            first,
+            None,
+        )
+
+    async def _resolve(self, scope: Scope, first: Any) -> RawHeaders:
+        resolver = self.header_resolver
+        if resolver is None:
+            return []
+        path = scope.get("path", "")
+        try:
+            if self.peek_first_chunk:
+                chunk = None if first is _NOT_PEEKED or first is _EMPTY else first
+                call: Any = lambda: resolver(chunk)  # type: ignore[call-arg]  # noqa: E731
+            else:
+                call = resolver
+            if self.resolver_timeout is None:
+                source = await call()
+            else:
+                with anyio.move_on_after(self.resolver_timeout) as deadline:
+                    source = await call()
+                if deadline.cancelled_caught:
+                    raise _ResolverTimeout
+            raw = render_headers(source)
+            framing = [name for name, _ in raw if name in FRAMING_HEADERS]
+            if framing:
+                raise HeaderValidationError(
+                    f"invalid late header {framing[0].decode()!r} (the server frames a "
+                    "stream: a header resolver may not set content-length or transfer-encoding)"
+                )
+            return raw
+        except _ResolverTimeout:
+            if self.on_resolver_error == "degrade":
+                logger.warning(
+                    "header resolver timed out after %ss for %s; "
+                    "sending the response without its headers",
+                    self.resolver_timeout,
+                    path,
+                )
+                return []
+            logger.error("header resolver timed out after %ss for %s", self.resolver_timeout, path)
+            raise _ResolverFailed(504, "Gateway Timeout") from None
+        except Exception:
+            if self.on_resolver_error == "degrade":
+                logger.warning(
+                    "header resolver failed for %s; sending the response without its headers",
+                    path,
+                    exc_info=True,
+                )
+                return []
+            logger.exception("header resolver failed for %s", path)
+            raise _ResolverFailed(500, "Internal Server Error") from None
+
+    def _early_error_plan(self, scope: Scope, exc: Exception, late: RawHeaders) -> _Plan:
+        path = scope.get("path", "")
+        response: Response | None = None
+        if self.early_error_handler is not None:
+            try:
+                response = self.early_error_handler(exc)
+            except Exception:
+                logger.exception("early_error_handler failed for %s", path)
+        if response is None:
+            logger.error("body iterator failed before its first chunk for %s", path, exc_info=exc)
+            response = _default_early_error()
+        else:
+            logger.info(
+                "body iterator failed before its first chunk for %s: answered %s",
+                path,
+                response.status_code,
+            )
+        try:
+            validate_raw_headers(response.raw_headers)
+        except HeaderValidationError:
+            logger.exception("invalid header in the early error response for %s", path)
+            response = _default_early_error()
+        body: bytes | memoryview = getattr(response, "body", b"")
+        return _simple(response.status_code, merge_headers(response.raw_headers, late), body)
+
+    async def _stream(self, scope: Scope, send: Send, plan: _Plan) -> None:
+        start, first, body = plan
+        await send(start)
+        if body is not None:
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            return
+        if _is_head(scope) or first is _EMPTY:
+            await send(_END)
+            return
+        if first is not _NOT_PEEKED:
+            await send(
+                {"type": "http.response.body", "body": self._encode(first), "more_body": True}
+            )
+        # The per-chunk loop: keep it as lean as Starlette's own.
+        charset = self.charset
+        async for chunk in self._iterator():
+            if not isinstance(chunk, bytes | memoryview):
+                chunk = chunk.encode(charset)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send(_END)
+
+    def _encode(self, chunk: Any) -> bytes | memoryview:
+        if isinstance(chunk, bytes | memoryview):
+            return chunk
+        return chunk.encode(self.charset)  # type: ignore[no-any-return]
+
+    def _iterator(self) -> AsyncIterator[Any]:
+        if self._started is None:
+            self._started = aiter(self.body_iterator)
+        return self._started
+
+    async def _close_body(self) -> None:
+        # Shielded: on a disconnect this runs inside a cancelled scope, and the
+        # generator's own `finally` may need to await (closing an upstream connection).
+        with anyio.move_on_after(self.cleanup_timeout, shield=True) as deadline:
+            aclose = getattr(self._started or self.body_iterator, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception:
+                    logger.exception("closing the body iterator failed")
+            close = getattr(self._sync_content, "close", None)
+            if close is not None:
+                try:
+                    await anyio.to_thread.run_sync(close)
+                except Exception:
+                    logger.exception("closing the body iterator failed")
+        if deadline.cancelled_caught:
+            logger.warning("closing the body iterator took over %ss", self.cleanup_timeout)
+
+
+class _ResolverTimeout(Exception):
+    pass
+
+
+def _is_head(scope: Scope) -> bool:
+    return scope["type"] == "http" and bool(scope["method"] == "HEAD")

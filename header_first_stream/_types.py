@@ -1,0 +1,28 @@
+"""Type aliases for the ideas this package adds; ASGI types come from `starlette.types`."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TypeAlias
+
+from starlette.responses import Response
+
+HeaderValue: TypeAlias = str | int
+HeaderSource: TypeAlias = Mapping[str, HeaderValue] | Iterable[tuple[str, HeaderValue]]
+"""Headers as a resolver may return them: a mapping, or (name, value) pairs."""
+
+RawHeaders: TypeAlias = list[tuple[bytes, bytes]]
+
+HeaderResolver: TypeAlias = Callable[[], Awaitable[HeaderSource]]
+"""An async callable, taking no arguments, that returns the late headers."""
+
+Chunk: TypeAlias = str | bytes | memoryview
+
+ChunkHeaderResolver: TypeAlias = Callable[[Chunk | None], Awaitable[HeaderSource]]
+"""With ``peek_first_chunk=True``: receives the first chunk (``None`` for an empty body)."""
+
+EarlyErrorHandler: TypeAlias = Callable[[Exception], Response | None]
+"""Maps an exception raised before the first chunk to the response to send instead.
+
+Return ``None`` to use the default 502 response.
+"""

@@ -1,0 +1,125 @@
+"""Tier-1 helpers: call an ASGI app directly and record every message it sends, with its time.
+
+Starlette's TestClient and httpx's ASGITransport buffer the body, so only these recordings
+can show *when* a message went out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+from starlette.types import ASGIApp, Message, Receive, Scope
+
+
+def http_scope(
+    method: str = "GET", path: str = "/", spec_version: str = "2.3", **extra: Any
+) -> Scope:
+    """A minimal HTTP scope, as a server would give it."""
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": spec_version},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 12345),
+        "server": ("127.0.0.1", 80),
+    }
+    scope.update(extra)
+    return scope
+
+
+def websocket_scope(path: str = "/ws") -> Scope:
+    return {
+        "type": "websocket",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [],
+        "subprotocols": [],
+        "extensions": {"websocket.http.response": {}},
+    }
+
+
+class Recorder:
+    """An ASGI `send` that records (seconds since creation, message) pairs.
+
+    With ``disconnected=True`` it behaves as a spec-2.4 server whose client left:
+    every send raises OSError.
+    """
+
+    def __init__(self, *, disconnected: bool = False) -> None:
+        self.start = time.monotonic()
+        self.messages: list[tuple[float, Message]] = []
+        self.disconnected = disconnected
+
+    async def __call__(self, message: Message) -> None:
+        if self.disconnected:
+            raise OSError("connection closed")
+        self.messages.append((time.monotonic() - self.start, message))
+
+    @property
+    def types(self) -> list[str]:
+        return [message["type"] for _, message in self.messages]
+
+    @property
+    def head(self) -> Message:
+        starts = [m for _, m in self.messages if m["type"].endswith("http.response.start")]
+        assert len(starts) == 1, f"expected exactly one response start, got {len(starts)}"
+        return starts[0]
+
+    @property
+    def status(self) -> int:
+        return int(self.head["status"])
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return list(self.head["headers"])
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(
+            bytes(m.get("body", b"")) for _, m in self.messages if m["type"].endswith("body")
+        )
+
+
+def receive_nothing() -> Receive:
+    """A `receive` whose client never sends anything more and never leaves."""
+
+    async def receive() -> Message:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return receive
+
+
+def receive_disconnect_after(seconds: float) -> Receive:
+    """A `receive` whose client leaves after ``seconds``."""
+
+    async def receive() -> Message:
+        await anyio.sleep(seconds)
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+async def call(
+    app: ASGIApp | Callable[[Scope, Receive, Callable[[Message], Awaitable[None]]], Awaitable[None]],
+    scope: Scope | None = None,
+    receive: Receive | None = None,
+    send: Recorder | None = None,
+) -> Recorder:
+    """Call ``app`` once and return the recorder of what it sent."""
+    recorder = send if send is not None else Recorder()
+    await app(scope or http_scope(), receive or receive_nothing(), recorder)
+    return recorder
