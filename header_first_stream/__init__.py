@@ -6,17 +6,26 @@ LiteLLM-style hooks write headers into; `late_headers` is a request-scoped place
 headers from anywhere that handles the request.
 """
 
+# Aliased: the package namespace holds only the public names (tests/test_public_api.py).
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+
 from ._headers import HeaderValidationError
 from ._late import LateHeaders, late_headers
+from ._middleware import HeaderFirstMiddleware
 from ._normalize import HiddenParamsDict, get_additional_headers, normalize_response
 from ._response import HeaderFirstStreamingResponse
 from ._types import ChunkHeaderResolver, EarlyErrorHandler, HeaderResolver, HeaderSource
+
+if _TYPE_CHECKING:  # pragma: no cover - for type checkers; imported on first use below
+    from ._sse import HeaderFirstEventSourceResponse
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ChunkHeaderResolver",
     "EarlyErrorHandler",
+    "HeaderFirstEventSourceResponse",
+    "HeaderFirstMiddleware",
     "HeaderFirstStreamingResponse",
     "HeaderResolver",
     "HeaderSource",
@@ -28,3 +37,15 @@ __all__ = [
     "late_headers",
     "normalize_response",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The SSE response needs the `sse` extra, and importing sse-starlette patches uvicorn:
+    # import it on first use only. Without the extra this raises an ImportError that says
+    # what to install.
+    if name == "HeaderFirstEventSourceResponse":
+        from ._sse import HeaderFirstEventSourceResponse
+
+        globals()[name] = HeaderFirstEventSourceResponse
+        return HeaderFirstEventSourceResponse
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

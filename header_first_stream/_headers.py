@@ -85,9 +85,10 @@ def _render_value(name: str, value: object) -> bytes:
 
 
 def render_headers(headers: HeaderSource) -> RawHeaders:
-    """Turn a mapping or an iterable of (name, value) pairs into validated raw headers.
+    """Turn late headers (a mapping or (name, value) pairs) into validated raw headers.
 
-    Names are lower-cased; `int` values are rendered as decimal text.
+    Names are lower-cased; `int` values are rendered as decimal text. Late headers may not
+    set the framing headers (`FRAMING_HEADERS`): the body they would describe is not theirs.
     """
     pairs: Iterable[tuple[str, object]]
     if isinstance(headers, Mapping):
@@ -114,6 +115,11 @@ def render_headers(headers: HeaderSource) -> RawHeaders:
         raw_name = name.lower().encode("latin-1", "replace")
         raw_value = _render_value(name, value)
         _check(raw_name, raw_value)
+        if raw_name in FRAMING_HEADERS:
+            raise HeaderValidationError(
+                f"invalid late header {name!r} (the server frames the body: late headers "
+                "may not set content-length or transfer-encoding)"
+            )
         raw.append((raw_name, raw_value))
     return raw
 

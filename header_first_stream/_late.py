@@ -94,6 +94,23 @@ CURRENT: ContextVar[LateHeaders] = ContextVar("header_first_stream.current")
 def late_headers(request: Scope | _HasScope | None = None) -> LateHeaders:
     """Return the late-headers store of a request.
 
+    Headers added to it before the response head goes out are sent with the response by
+    `HeaderFirstStreamingResponse` (found through the scope) and, for any response class,
+    by `HeaderFirstMiddleware`. Added later, they are not sent (see `LateHeaders`).
+
+    Example:
+        In a FastAPI dependency, with the request at hand::
+
+            async def rate_limit(request: Request) -> None:
+                late_headers(request).add("x-ratelimit-remaining-requests", 41)
+
+        In a LiteLLM-style hook that gets only the response object (a stream, a model or a
+        plain dict), inside an app wrapped in `HeaderFirstMiddleware`::
+
+            async def async_post_call_success_hook(data, user_api_key_dict, response):
+                late_headers().update({"x-ratelimit-api_key-remaining-tokens": 99_000})
+                return response
+
     Args:
         request: A Starlette/FastAPI `Request` (or any object with a ``scope``), an ASGI
             scope, or ``None`` for the request being handled, which needs

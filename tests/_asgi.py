@@ -7,11 +7,9 @@ can show *when* a message went out.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-
 from starlette.types import ASGIApp, Message, Receive, Scope
 
 
@@ -114,7 +112,7 @@ def receive_disconnect_after(seconds: float) -> Receive:
 
 
 async def call(
-    app: ASGIApp | Callable[[Scope, Receive, Callable[[Message], Awaitable[None]]], Awaitable[None]],
+    app: ASGIApp,
     scope: Scope | None = None,
     receive: Receive | None = None,
     send: Recorder | None = None,

@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 STARTUP_TIMEOUT = 10.0
 SHUTDOWN_TIMEOUT = 10.0
 
 SERVERS = ["uvicorn-h11", "uvicorn-httptools", "hypercorn"]
+"""The servers every tier-3 test runs on (all on asyncio)."""
+
+TRIO_SERVERS = ["hypercorn-trio"]
+"""Hypercorn's trio worker: the same server with the app running on trio; `serve` takes it."""
 
 
 def _bound_socket() -> socket.socket:
@@ -97,14 +102,83 @@ def _hypercorn(app: ASGIApp, sock: socket.socket) -> Iterator[None]:
         loop.close()
 
 
+def _lifespan_optional(app: ASGIApp) -> ASGIApp:
+    """Make an app that returns from a lifespan scope unanswered count as one without lifespan.
+
+    Hypercorn's trio worker fails to start when an app returns from the lifespan scope
+    without completing start-up (its asyncio worker carries on); an exception instead
+    makes both carry on without lifespan, as for a plain ASGI function.
+    """
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+        sent: list[str] = []
+
+        async def recording_send(message: Message) -> None:
+            sent.append(message["type"])
+            await send(message)
+
+        await app(scope, receive, recording_send)
+        if "lifespan.startup.complete" not in sent:
+            raise RuntimeError("the app does not support the lifespan protocol")
+
+    return wrapped
+
+
+@contextlib.contextmanager
+def _hypercorn_trio(app: ASGIApp, sock: socket.socket) -> Iterator[None]:
+    import trio
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    config = Config()
+    config.bind = [f"fd://{sock.detach()}"]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 1.0
+    served: Any = _lifespan_optional(app)  # hypercorn types the app more narrowly
+    listening = threading.Event()
+    # Set from the server thread once trio runs: the token to reach it and the stop event.
+    handles: list[tuple[trio.lowlevel.TrioToken, trio.Event]] = []
+
+    async def main() -> None:
+        stop = trio.Event()
+        handles.append((trio.lowlevel.current_trio_token(), stop))
+        async with trio.open_nursery() as nursery:
+            # `task_status.started` is called once the listeners accept connections.
+            await nursery.start(
+                functools.partial(serve, served, config, shutdown_trigger=stop.wait)
+            )
+            listening.set()
+
+    thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while not listening.wait(0.01):
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"hypercorn (trio) did not start within {STARTUP_TIMEOUT}s")
+    token, stop = handles[0]
+    try:
+        yield
+    finally:
+        with contextlib.suppress(trio.RunFinishedError):  # the server already stopped
+            trio.from_thread.run_sync(stop.set, trio_token=token)
+        thread.join(SHUTDOWN_TIMEOUT)
+
+
 @contextlib.contextmanager
 def serve(app: ASGIApp, server: str, **config: Any) -> Iterator[str]:
-    """Serve ``app`` with ``server`` (one of `SERVERS`); yield its base URL."""
+    """Serve ``app`` with ``server`` (one of `SERVERS` or `TRIO_SERVERS`); yield its base URL."""
     sock = _bound_socket()
     port = sock.getsockname()[1]
     try:
+        cm: contextlib.AbstractContextManager[None]
         if server == "hypercorn":
             cm = _hypercorn(app, sock)
+        elif server == "hypercorn-trio":
+            cm = _hypercorn_trio(app, sock)
         else:
             cm = _uvicorn(app, server.removeprefix("uvicorn-"), sock, **config)
         with cm:

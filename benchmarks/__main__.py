@@ -1,0 +1,3 @@
+from benchmarks.report import main
+
+raise SystemExit(main())

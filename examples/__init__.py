@@ -1,0 +1,1 @@
+"""Runnable examples of header-first-stream; each is a package (``python -m examples.NAME``)."""

@@ -1,0 +1,7 @@
+"""``python -m examples.gateway``: the demo; see `examples.gateway.demo`."""
+
+import sys
+
+from .demo import main
+
+sys.exit(main())

@@ -1,0 +1,326 @@
+"""`HeaderFirstMiddleware`: the request's late headers on every response of an ASGI app.
+
+A pure ASGI middleware (Starlette's ``BaseHTTPMiddleware`` would break streaming and
+context variables). For each HTTP request it puts a `LateHeaders` store in the scope, makes
+it the current one for `late_headers()`, and holds the inner app's ``http.response.start``
+back until the app sends the message after it; only then are the late headers known.
+
+Invariants, enforced in `HeaderFirstMiddleware.__call__` below:
+
+1. The inner app's ``http.response.start`` goes out at most once, just before the message
+   that follows it (normally its first body message), with every late header added until
+   then; or, if the app returns without a body message, followed by an empty final body.
+2. After the head, messages are passed on as they come, unbuffered; the only work per
+   message is one branch.
+3. Nothing is invented when the app fails: if it raises before its head went out, nothing is
+   sent and the exception propagates (an error middleware outside still answers ``500``);
+   an app that sent nothing sends nothing; a client that left while the head was held back
+   gets nothing more from the middleware.
+4. `CURRENT` is set for one request, in that request's own context, and reset when the
+   request ends, however it ends.
+5. Headers the middleware adds were validated when they were added (`LateHeaders`) or
+   rendered (the resolver's); the inner app's own head is passed on as the app built it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Literal, TypeAlias
+
+import anyio
+import anyio.lowlevel
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ._headers import merge_headers, render_headers
+from ._late import CURRENT, LateHeaders, late_headers
+from ._types import HeaderSource, RawHeaders
+
+__all__ = ["HeaderFirstMiddleware", "ScopeHeaderResolver"]
+
+logger = logging.getLogger("header_first_stream")
+
+ScopeHeaderResolver: TypeAlias = Callable[[Scope], Awaitable[HeaderSource]]
+"""An async callable taking the request's ASGI scope and returning late headers."""
+
+_END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+class _ResolverFailed(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+
+
+class HeaderFirstMiddleware:
+    """Send every late header of a request on its response, whatever the response class.
+
+    Wrap any ASGI app (Starlette, FastAPI or bare) and every response class in it
+    (`JSONResponse`, Starlette's own `StreamingResponse`, `FileResponse`, a plain `dict`
+    that FastAPI serialises, `HeaderFirstStreamingResponse`). Lifespan and websocket
+    scopes pass through untouched.
+
+    For an HTTP request, the middleware:
+
+    - puts the request's `LateHeaders` store in its scope (copies of the scope share it)
+      and makes it current, so that ``late_headers()`` without an argument finds it
+      anywhere in the request's task: in dependencies, in hooks, in tasks it starts and in
+      sync endpoints run in the thread pool;
+    - holds the app's ``http.response.start`` back until the app's next message (its first
+      body message), then sends the head with the late headers merged in, then that
+      message; after that it passes every message straight through.
+
+    Headers are merged in this order, a later source replacing every header of the same
+    name from an earlier one: the app's own head, the request's late headers, then
+    ``resolver``'s. When the response is a `HeaderFirstStreamingResponse`, which already put
+    the late headers in its head, they are not merged again.
+
+    Decisions (each pinned by a test):
+
+    - Headers added after the head went out are not sent: `LateHeaders.add` logs a WARNING
+      naming them and returns ``False``.
+    - An app that sends its head and returns without a body message gets an empty final
+      body message, so that the response is complete (servers treat a missing final body
+      as a broken response).
+    - If the app raises before its head went out, nothing is sent and the exception
+      propagates; if it raises after, it propagates too.
+    - A client that disconnected while the head was held back (the app received
+      ``http.disconnect``) gets nothing from the middleware itself; what the app still
+      sends is passed on, for the server to drop.
+    - ``resolver`` failures are answered as `HeaderFirstStreamingResponse` answers them: a
+      ``500`` (``504`` on timeout) with a short plain-text body and the request's late
+      headers, the exception logged with the path; the app is then cancelled, and anything
+      it still sends is dropped. With ``on_resolver_error="degrade"`` the response goes out
+      without the resolver's headers, logged at WARNING.
+    - The middleware never calls ``receive`` itself (the app owns it): a resolver running
+      for a client that left is bounded by ``resolver_timeout``, not cancelled.
+    - The app's own head is passed on as the app built it (names of the headers it merges
+      with are compared case-insensitively); only the headers the middleware adds are its
+      to validate, and they were validated when added.
+    - Error responses that Starlette's ``ServerErrorMiddleware`` (outside any
+      ``add_middleware`` middleware) sends for an exception do not carry the late headers.
+
+    Example:
+        A FastAPI dependency that knows a header, and a deep helper that has no request::
+
+            from fastapi import Depends, FastAPI, Request
+            from header_first_stream import HeaderFirstMiddleware, late_headers
+
+            app = FastAPI()
+            app.add_middleware(HeaderFirstMiddleware)
+
+            async def rate_limit(request: Request) -> None:
+                late_headers(request).add("x-ratelimit-remaining-requests", 41)
+
+            def record_cost(tokens: int) -> None:  # deep inside, no request at hand
+                late_headers().add("x-cost-tokens", tokens)
+
+            @app.post("/v1/messages", dependencies=[Depends(rate_limit)])
+            async def messages() -> dict[str, str]:
+                record_cost(12)
+                return {"type": "message"}  # a plain dict: the headers still go out
+
+        A LiteLLM-style post-call hook, called with the response object only::
+
+            async def async_post_call_success_hook(data, user_api_key_dict, response):
+                late_headers().update(
+                    {"x-ratelimit-api_key-remaining-requests": remaining, ...}
+                )
+                return response
+
+        The headers reach the client whether ``response`` is a stream, a model or a
+        plain dict.
+
+    Args:
+        app: The ASGI app to wrap.
+        resolver: An optional async callable taking the request's ASGI scope and returning
+            more headers, as a mapping or (name, value) pairs (`int` values rendered as
+            decimal text); awaited once per request, when the head is about to go out. It
+            may not set ``content-length`` or ``transfer-encoding``.
+        resolver_timeout: Seconds to wait for ``resolver``; ``None`` waits as long as it
+            takes.
+        on_resolver_error: What a failed, timed-out or invalid ``resolver`` leads to:
+            ``"error"`` (default) or ``"degrade"``, as for `HeaderFirstStreamingResponse`.
+
+    Raises:
+        TypeError: ``resolver`` is not callable.
+        ValueError: ``resolver_timeout`` or ``on_resolver_error`` is out of range.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        resolver: ScopeHeaderResolver | None = None,
+        resolver_timeout: float | None = None,
+        on_resolver_error: Literal["error", "degrade"] = "error",
+    ) -> None:
+        if resolver is not None and not callable(resolver):
+            raise TypeError(
+                "resolver must be an async callable taking the ASGI scope, "
+                f"got {type(resolver).__name__}"
+            )
+        if resolver_timeout is not None and not resolver_timeout > 0:
+            raise ValueError(
+                f"resolver_timeout must be a positive number of seconds or None, "
+                f"got {resolver_timeout!r}"
+            )
+        if on_resolver_error not in ("error", "degrade"):
+            raise ValueError(
+                f"on_resolver_error must be 'error' or 'degrade', got {on_resolver_error!r}"
+            )
+        self.app = app
+        self.resolver = resolver
+        self.resolver_timeout = resolver_timeout
+        self.on_resolver_error = on_resolver_error
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        store = late_headers(scope)
+        token = CURRENT.set(store)
+        try:
+            await self._exchange(scope, receive, send, store)
+        finally:
+            CURRENT.reset(token)
+
+    async def _exchange(
+        self, scope: Scope, receive: Receive, send: Send, store: LateHeaders
+    ) -> None:
+        held: Message | None = None  # the app's start message, while it is held back
+        passthrough = False  # the head went out: pass everything on
+        answered = False  # the middleware answered with its own error response
+        disconnected = False  # the app received http.disconnect
+        cancel_scope: anyio.CancelScope | None = None
+
+        async def receive_watching() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected = True
+            return message
+
+        def send_holding(message: Message) -> Awaitable[None]:
+            # The per-chunk path: one branch. A plain function that returns the server's
+            # own awaitable, so that no coroutine of ours is created per chunk.
+            if passthrough:
+                return send(message)
+            return hold(message)
+
+        async def hold(message: Message) -> None:
+            nonlocal held
+            if answered:
+                # Only reached from a shielded clean-up in the cancelled app: the response
+                # is complete, so whatever the app still sends must not go out.
+                await anyio.lowlevel.checkpoint()
+                return
+            if held is None:
+                if message["type"] == "http.response.start":
+                    held = message
+                    return
+                # Not a response message of ours (e.g. http.response.debug before the
+                # start, or an app's protocol error, which the server reports).
+                await send(message)
+                return
+            await release(held, message)
+
+        async def release(start: Message, message: Message) -> None:
+            nonlocal passthrough, answered
+            head, error_body = await self._head(scope, start, store)
+            if error_body is None:
+                passthrough = True
+                await send(head)
+                await send(message)
+                return
+            answered = True
+            await send(head)
+            await send({"type": "http.response.body", "body": error_body, "more_body": False})
+            # The response is complete: stop the app instead of letting it stream into
+            # nothing. Errors come only from a resolver, which runs the app in this scope.
+            assert cancel_scope is not None
+            cancel_scope.cancel()
+            await anyio.lowlevel.checkpoint()
+
+        if self.resolver is None:
+            await self.app(scope, receive_watching, send_holding)
+        else:
+            with anyio.CancelScope() as cancel_scope:
+                await self.app(scope, receive_watching, send_holding)
+        if held is not None and not passthrough and not answered and not disconnected:
+            # The app sent its head and returned without a body message.
+            await release(held, _END)
+
+    async def _head(
+        self, scope: Scope, start: Message, store: LateHeaders
+    ) -> tuple[Message, bytes | None]:
+        """Return the head to send and, for an error response, its body."""
+        resolved: RawHeaders = []
+        failure: _ResolverFailed | None = None
+        if self.resolver is not None:
+            try:
+                resolved = await self._resolve(scope, self.resolver)
+            except _ResolverFailed as exc:
+                failure = exc
+        # Taken only now, so that headers added while the resolver ran (by it, or by
+        # another task of the request) still go out.
+        already_in_head = store.sent
+        late = store.take()
+        if failure is not None:
+            body = failure.reason.encode()
+            headers = [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                *late,
+            ]
+            return {
+                "type": "http.response.start",
+                "status": failure.status,
+                "headers": headers,
+            }, body
+        if already_in_head:
+            # A HeaderFirstStreamingResponse inside put the late headers in its own head,
+            # merged in its own order: do not merge them again.
+            late = []
+        if not late and not resolved:
+            return start, None
+        own = [(bytes(name).lower(), bytes(value)) for name, value in start.get("headers", ())]
+        return {**start, "headers": merge_headers(merge_headers(own, late), resolved)}, None
+
+    async def _resolve(self, scope: Scope, resolver: ScopeHeaderResolver) -> RawHeaders:
+        path = scope.get("path", "")
+        try:
+            if self.resolver_timeout is None:
+                source = await resolver(scope)
+            else:
+                with anyio.move_on_after(self.resolver_timeout) as deadline:
+                    source = await resolver(scope)
+                if deadline.cancelled_caught:
+                    raise _ResolverTimeout
+            # Validates, and refuses framing headers (content-length, transfer-encoding).
+            return render_headers(source)
+        except _ResolverTimeout:
+            if self.on_resolver_error == "degrade":
+                logger.warning(
+                    "header resolver timed out after %ss for %s; "
+                    "sending the response without its headers",
+                    self.resolver_timeout,
+                    path,
+                )
+                return []
+            logger.error("header resolver timed out after %ss for %s", self.resolver_timeout, path)
+            raise _ResolverFailed(504, "Gateway Timeout") from None
+        except Exception:
+            if self.on_resolver_error == "degrade":
+                logger.warning(
+                    "header resolver failed for %s; sending the response without its headers",
+                    path,
+                    exc_info=True,
+                )
+                return []
+            logger.exception("header resolver failed for %s", path)
+            raise _ResolverFailed(500, "Internal Server Error") from None
+
+
+class _ResolverTimeout(Exception):
+    pass
