@@ -23,6 +23,7 @@ SPECS = ("2.3", "2.4")
 PER_CHUNK = "chunk"
 PER_RESPONSE = "response"
 MEASURES = (PER_CHUNK, PER_RESPONSE)
+ROUND_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
@@ -92,13 +93,15 @@ async def _run_backend(
     # One untimed round first: imports, caches and the allocator warm up for everyone.
     for variant in variants:
         for spec in SPECS:
-            await _round(variant, spec, counts)
+            with anyio.fail_after(ROUND_TIMEOUT):
+                await _round(variant, spec, counts)
     for round_ in range(counts.rounds):
         shift = round_ % len(variants)
         order = [*variants[shift:], *variants[:shift]]
         for spec in SPECS:
             for variant in order:
-                per_response, per_chunk = await _round(variant, spec, counts)
+                with anyio.fail_after(ROUND_TIMEOUT):  # a hung variant fails the run
+                    per_response, per_chunk = await _round(variant, spec, counts)
                 data = samples.data
                 data.setdefault((backend, PER_RESPONSE, spec, variant.key), []).append(per_response)
                 data.setdefault((backend, PER_CHUNK, spec, variant.key), []).append(per_chunk)

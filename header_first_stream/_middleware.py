@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Literal, TypeAlias
+from typing import TypeAlias
 
 import anyio
 import anyio.lowlevel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._headers import merge_headers, render_headers
+from ._headers import merge_headers
 from ._late import CURRENT, LateHeaders, late_headers
+from ._resolve import ResolverErrorPolicy, ResolverFailed, check_options, plain_error, resolve
 from ._types import HeaderSource, RawHeaders
 
 __all__ = ["HeaderFirstMiddleware", "ScopeHeaderResolver"]
@@ -44,12 +45,6 @@ ScopeHeaderResolver: TypeAlias = Callable[[Scope], Awaitable[HeaderSource]]
 """An async callable taking the request's ASGI scope and returning late headers."""
 
 _END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
-
-
-class _ResolverFailed(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        self.status = status
-        self.reason = reason
 
 
 class HeaderFirstMiddleware:
@@ -153,22 +148,11 @@ class HeaderFirstMiddleware:
         *,
         resolver: ScopeHeaderResolver | None = None,
         resolver_timeout: float | None = None,
-        on_resolver_error: Literal["error", "degrade"] = "error",
+        on_resolver_error: ResolverErrorPolicy = "error",
     ) -> None:
-        if resolver is not None and not callable(resolver):
-            raise TypeError(
-                "resolver must be an async callable taking the ASGI scope, "
-                f"got {type(resolver).__name__}"
-            )
-        if resolver_timeout is not None and not resolver_timeout > 0:
-            raise ValueError(
-                f"resolver_timeout must be a positive number of seconds or None, "
-                f"got {resolver_timeout!r}"
-            )
-        if on_resolver_error not in ("error", "degrade"):
-            raise ValueError(
-                f"on_resolver_error must be 'error' or 'degrade', got {on_resolver_error!r}"
-            )
+        check_options(
+            "resolver", resolver, resolver_timeout, on_resolver_error, " taking the ASGI scope"
+        )
         self.app = app
         self.resolver = resolver
         self.resolver_timeout = resolver_timeout
@@ -256,23 +240,24 @@ class HeaderFirstMiddleware:
     ) -> tuple[Message, bytes | None]:
         """Return the head to send and, for an error response, its body."""
         resolved: RawHeaders = []
-        failure: _ResolverFailed | None = None
-        if self.resolver is not None:
+        failure: ResolverFailed | None = None
+        resolver = self.resolver
+        if resolver is not None:
             try:
-                resolved = await self._resolve(scope, self.resolver)
-            except _ResolverFailed as exc:
+                resolved = await resolve(
+                    lambda: resolver(scope),
+                    self.resolver_timeout,
+                    self.on_resolver_error,
+                    scope.get("path", ""),
+                )
+            except ResolverFailed as exc:
                 failure = exc
         # Taken only now, so that headers added while the resolver ran (by it, or by
         # another task of the request) still go out.
         already_in_head = store.sent
         late = store.take()
         if failure is not None:
-            body = failure.reason.encode()
-            headers = [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(body)).encode()),
-                *late,
-            ]
+            headers, body = plain_error(failure.status, failure.reason, late)
             return {
                 "type": "http.response.start",
                 "status": failure.status,
@@ -286,41 +271,3 @@ class HeaderFirstMiddleware:
             return start, None
         own = [(bytes(name).lower(), bytes(value)) for name, value in start.get("headers", ())]
         return {**start, "headers": merge_headers(merge_headers(own, late), resolved)}, None
-
-    async def _resolve(self, scope: Scope, resolver: ScopeHeaderResolver) -> RawHeaders:
-        path = scope.get("path", "")
-        try:
-            if self.resolver_timeout is None:
-                source = await resolver(scope)
-            else:
-                with anyio.move_on_after(self.resolver_timeout) as deadline:
-                    source = await resolver(scope)
-                if deadline.cancelled_caught:
-                    raise _ResolverTimeout
-            # Validates, and refuses framing headers (content-length, transfer-encoding).
-            return render_headers(source)
-        except _ResolverTimeout:
-            if self.on_resolver_error == "degrade":
-                logger.warning(
-                    "header resolver timed out after %ss for %s; "
-                    "sending the response without its headers",
-                    self.resolver_timeout,
-                    path,
-                )
-                return []
-            logger.error("header resolver timed out after %ss for %s", self.resolver_timeout, path)
-            raise _ResolverFailed(504, "Gateway Timeout") from None
-        except Exception:
-            if self.on_resolver_error == "degrade":
-                logger.warning(
-                    "header resolver failed for %s; sending the response without its headers",
-                    path,
-                    exc_info=True,
-                )
-                return []
-            logger.exception("header resolver failed for %s", path)
-            raise _ResolverFailed(500, "Internal Server Error") from None
-
-
-class _ResolverTimeout(Exception):
-    pass

@@ -31,7 +31,7 @@ import logging
 import types
 from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Literal, TypeAlias
+from typing import Any, TypeAlias
 
 import anyio
 import anyio.abc
@@ -44,17 +44,23 @@ from starlette.types import Message, Receive, Scope, Send
 from ._headers import (
     HeaderValidationError,
     merge_headers,
-    render_headers,
     validate_raw_headers,
 )
 from ._late import take_late_headers
+from ._resolve import (
+    ResolverErrorPolicy,
+    ResolverFailed,
+    check_options,
+    plain_error,
+    resolve,
+    without_content_type,
+)
 from ._types import ChunkHeaderResolver, EarlyErrorHandler, HeaderResolver, RawHeaders
 
 __all__ = ["HeaderFirstStreamingResponse"]
 
 logger = logging.getLogger("header_first_stream")
 
-ResolverErrorPolicy: TypeAlias = Literal["error", "degrade"]
 
 # Markers for the first chunk: not pulled yet, or the iterator ended before giving one.
 _NOT_PEEKED: Any = object()
@@ -69,12 +75,6 @@ _BYTES_TYPES = (bytes, memoryview)
 # A prepared response: the start message, the first chunk (or a marker), and for a
 # complete response that replaces the stream (an error), its body.
 _Plan: TypeAlias = tuple[Message, Any, bytes | memoryview | None]
-
-
-class _ResolverFailed(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        self.status = status
-        self.reason = reason
 
 
 @contextmanager
@@ -117,21 +117,8 @@ def _simple(status: int, raw_headers: RawHeaders, body: bytes | memoryview) -> _
     return start, _NOT_PEEKED, body
 
 
-def _without_content_type(late: RawHeaders) -> RawHeaders:
-    # An error response sent instead of the stream keeps its own content-type: a late
-    # one described the stream, and would mislabel the error body (or be sent twice).
-    return [pair for pair in late if pair[0] != b"content-type"]
-
-
 def _plain_error(status: int, reason: str, late: RawHeaders) -> _Plan:
-    # Short and generic on purpose: the exception is logged, never sent.
-    body = reason.encode()
-    headers = [
-        (b"content-type", b"text/plain; charset=utf-8"),
-        (b"content-length", str(len(body)).encode()),
-        *_without_content_type(late),
-    ]
-    return _simple(status, headers, body)
+    return _simple(status, *plain_error(status, reason, late))
 
 
 def _default_early_error() -> Response:
@@ -210,23 +197,16 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         peek_first_chunk: bool = False,
         early_error_handler: EarlyErrorHandler | None = None,
     ) -> None:
-        if header_resolver is not None and not callable(header_resolver):
-            raise TypeError(
-                f"header_resolver must be an async callable, got {type(header_resolver).__name__}"
-            )
-        if resolver_timeout is not None and not resolver_timeout > 0:
-            raise ValueError(
-                f"resolver_timeout must be a positive number of seconds or None, "
-                f"got {resolver_timeout!r}"
-            )
-        if on_resolver_error not in ("error", "degrade"):
-            raise ValueError(
-                f"on_resolver_error must be 'error' or 'degrade', got {on_resolver_error!r}"
-            )
+        check_options("header_resolver", header_resolver, resolver_timeout, on_resolver_error, "")
         if early_error_handler is not None and not callable(early_error_handler):
             raise TypeError(
                 "early_error_handler must be a callable taking the exception, "
                 f"got {type(early_error_handler).__name__}"
+            )
+        if early_error_handler is not None and not peek_first_chunk:
+            raise ValueError(
+                "early_error_handler needs peek_first_chunk=True: without the peek, the head "
+                "is sent before the first chunk, so there is no early error to answer"
             )
         super().__init__(content, status_code, headers, media_type, background)
         # Starlette wraps a sync iterable in a thread-pool async generator; closing that
@@ -241,6 +221,9 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         # may still replace `body_iterator` after construction, as with Starlette's.
         self._started: AsyncIterator[Any] | None = None
         self._finished = False
+        # The task group of the disconnect listener, while the whole response runs in it
+        # (below ASGI spec 2.4); a subclass may start its own tasks there.
+        self._task_group: anyio.abc.TaskGroup | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -281,9 +264,14 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         # first of the two to finish cancels the other.
         with _collapse_excgroups():
             async with anyio.create_task_group() as task_group:
+                self._task_group = task_group
                 task_group.start_soon(self._respond_then_cancel, scope, send, task_group)
-                await self.listen_for_disconnect(receive)
+                await self._listen(receive, send)
                 task_group.cancel_scope.cancel()
+
+    async def _listen(self, receive: Receive, send: Send) -> None:
+        """The listener task's work below spec 2.4; a subclass may do more in it."""
+        await self.listen_for_disconnect(receive)
 
     async def _prepare_then_cancel(
         self, scope: Scope, plans: list[_Plan], task_group: anyio.abc.TaskGroup
@@ -311,7 +299,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
                 early_error = exc
         try:
             resolved = await self._resolve(scope, first)
-        except _ResolverFailed as failure:
+        except ResolverFailed as failure:
             return _plain_error(failure.status, failure.reason, take_late_headers(scope))
         # Taken only now: a resolver may itself add request-scoped headers.
         late = take_late_headers(scope)
@@ -333,42 +321,13 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         resolver = self.header_resolver
         if resolver is None:
             return []
-        path = scope.get("path", "")
-        try:
-            if self.peek_first_chunk:
-                chunk = None if first is _NOT_PEEKED or first is _EMPTY else first
-                call: Any = lambda: resolver(chunk)  # type: ignore[call-arg]  # noqa: E731
-            else:
-                call = resolver
-            if self.resolver_timeout is None:
-                source = await call()
-            else:
-                with anyio.move_on_after(self.resolver_timeout) as deadline:
-                    source = await call()
-                if deadline.cancelled_caught:
-                    raise _ResolverTimeout
-            return render_headers(source)
-        except _ResolverTimeout:
-            if self.on_resolver_error == "degrade":
-                logger.warning(
-                    "header resolver timed out after %ss for %s; "
-                    "sending the response without its headers",
-                    self.resolver_timeout,
-                    path,
-                )
-                return []
-            logger.error("header resolver timed out after %ss for %s", self.resolver_timeout, path)
-            raise _ResolverFailed(504, "Gateway Timeout") from None
-        except Exception:
-            if self.on_resolver_error == "degrade":
-                logger.warning(
-                    "header resolver failed for %s; sending the response without its headers",
-                    path,
-                    exc_info=True,
-                )
-                return []
-            logger.exception("header resolver failed for %s", path)
-            raise _ResolverFailed(500, "Internal Server Error") from None
+        call: Any = resolver
+        if self.peek_first_chunk:
+            chunk = None if first is _NOT_PEEKED or first is _EMPTY else first
+            call = lambda: resolver(chunk)  # type: ignore[call-arg]  # noqa: E731
+        return await resolve(
+            call, self.resolver_timeout, self.on_resolver_error, scope.get("path", "")
+        )
 
     def _early_error_plan(self, scope: Scope, exc: Exception, late: RawHeaders) -> _Plan:
         path = scope.get("path", "")
@@ -387,25 +346,46 @@ class HeaderFirstStreamingResponse(StreamingResponse):
                 path,
                 response.status_code,
             )
+        if not isinstance(getattr(response, "body", None), _BYTES_TYPES):
+            logger.error(
+                "early_error_handler returned %s for %s, which has no body; answered 502 "
+                "(return a Response with a body, such as JSONResponse)",
+                type(response).__name__,
+                path,
+            )
+            response = _default_early_error()
         try:
             validate_raw_headers(response.raw_headers)
         except HeaderValidationError:
             logger.exception("invalid header in the early error response for %s", path)
             response = _default_early_error()
-        body: bytes | memoryview = getattr(response, "body", b"")
-        headers = merge_headers(response.raw_headers, _without_content_type(late))
+        body: bytes | memoryview = response.body
+        headers = merge_headers(response.raw_headers, without_content_type(late))
         return _simple(response.status_code, headers, body)
 
     async def _stream(self, scope: Scope, send: Send, plan: _Plan) -> None:
         start, first, body = plan
         await send(start)
         if body is not None:
-            await send({"type": "http.response.body", "body": body, "more_body": False})
+            await self._send_last(
+                send, {"type": "http.response.body", "body": body, "more_body": False}
+            )
             return
         if _is_head(scope) or first is _EMPTY:
-            await send(_END)
+            await self._send_last(send, _END)
             return
         await self._stream_body(send, first)
+
+    async def _send_last(self, send: Send, message: Message) -> None:
+        """Send the final body message, which a disconnect listener must not cut short."""
+        if self._task_group is None:
+            await send(message)
+            return
+        # A server may close the connection inside the last send() (hypercorn does, on
+        # `Connection: close`); the listener then sees http.disconnect and would cancel
+        # that very send half-way, leaving the socket open. One scope per response.
+        with anyio.CancelScope(shield=True):
+            await send(message)
 
     async def _stream_body(self, send: Send, first: Any) -> None:
         """Send the body after the head: ``first`` (unless `_NOT_PEEKED`), the rest, the end.
@@ -423,7 +403,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
                 chunk = chunk.encode(charset)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         self._finished = True
-        await send(_END)
+        await self._send_last(send, _END)
 
     def _encode(self, chunk: Any) -> bytes | memoryview:
         if isinstance(chunk, bytes | memoryview):
@@ -463,10 +443,6 @@ class HeaderFirstStreamingResponse(StreamingResponse):
                     logger.exception("closing the body iterator failed")
         if deadline.cancelled_caught:
             logger.warning("closing the body iterator took over %ss", self.cleanup_timeout)
-
-
-class _ResolverTimeout(Exception):
-    pass
 
 
 def _is_head(scope: Scope) -> bool:

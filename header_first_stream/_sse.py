@@ -9,15 +9,17 @@ head, the resolver, the first-chunk peek and early errors are
 ``Server.handle_exit`` when imported; the package imports this module only when the class
 is first used.
 
-Invariants, enforced in `_stream_body`, `_send_events` and `_ping` below:
+Invariants, enforced in `_stream_body`, `_send_events`, `_listen` and `_ping_once` below:
 
 1. Only one ``send`` is in flight at a time: an event waits for a ping being sent, and a
    ping is skipped while an event is being sent (that event keeps the connection alive).
-   Two flags coordinate this; there is no lock and no cancel scope per event (one ping
-   task per response, with one cancel scope per ping interval).
+   Two flags coordinate this; there is no lock and no cancel scope per event. Below ASGI
+   spec 2.4 the disconnect listener task sends the pings between two waits for
+   ``receive()``; from 2.4 on, one ping task per response does. Either costs one cancel
+   scope per ping interval.
 2. Every event is one ``http.response.body`` message, so a ping never lands inside one.
-3. Pings start after the head and stop before the final empty body message (the ping
-   task is woken and waited for, never cancelled, unless the response fails).
+3. Pings start after the head and stop before the final empty body message (a ping in
+   flight is waited for, never cancelled, unless the response fails).
 
 Differences from `sse_starlette.EventSourceResponse` (each pinned by a parity test in
 ``tests/test_sse.py``):
@@ -53,13 +55,13 @@ from typing import Any
 
 import anyio
 from starlette.background import BackgroundTask
-from starlette.types import Message, Send
+from starlette.types import Message, Receive, Send
 
+from ._resolve import ResolverErrorPolicy
 from ._response import (
     _END,
     _NOT_PEEKED,
     HeaderFirstStreamingResponse,
-    ResolverErrorPolicy,
     _collapse_excgroups,
 )
 from ._types import EarlyErrorHandler, HeaderResolver, HeaderSource
@@ -200,11 +202,24 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse):
         # each send; a ping sets `_ping_in_flight` to an Event that is set when it is done.
         self._event_in_flight = False
         self._ping_in_flight: anyio.Event | None = None
+        # Below spec 2.4: the send the listener pings with, while the body is being sent.
+        self._ping_send: Send | None = None
 
     async def _stream_body(self, send: Send, first: Any) -> None:
         if self.send_timeout is not None:
             send = _with_timeout(send, self.send_timeout)
-        if self.ping_interval > 0:
+        if self.ping_interval <= 0:
+            await self._send_events(send, first)
+        elif self._task_group is not None:
+            # Below spec 2.4 the disconnect listener sends the pings (`_listen`): a task
+            # of its own would double the cost of a response.
+            self._ping_send = send
+            try:
+                await self._send_events(send, first)
+            finally:
+                self._ping_send = None  # no ping starts after this
+            await self._wait_for_ping()  # nor does one still in flight overlap the end
+        else:
             with _collapse_excgroups():
                 async with anyio.create_task_group() as task_group:
                     stop = anyio.Event()
@@ -215,9 +230,24 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse):
                     # it rather than cancelling it never cuts a send in half, and costs
                     # fewer event-loop passes on asyncio.
                     stop.set()
-        else:
-            await self._send_events(send, first)
-        await send(_END)
+        await self._send_last(send, _END)
+
+    async def _listen(self, receive: Receive, send: Send) -> None:
+        interval = self.ping_interval
+        if interval <= 0:
+            await self.listen_for_disconnect(receive)
+            return
+        while True:
+            # Waiting for receive() is cut short at every ping interval. That is safe:
+            # servers keep a message that was not delivered for the next call, which
+            # Starlette's own `Request.is_disconnected()` relies on too.
+            with anyio.move_on_after(interval):
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                return
+            ping_send = self._ping_send
+            if ping_send is not None:
+                await self._ping_once(ping_send)
 
     async def _send_events(self, send: Send, first: Any) -> None:
         sep = self.sep
@@ -255,22 +285,26 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse):
             await ping.wait()
 
     async def _ping(self, send: Send, stop: anyio.Event) -> None:
+        # From spec 2.4 on, where no listener task runs during the body.
         interval = self.ping_interval
         while True:
             with anyio.move_on_after(interval):
                 await stop.wait()
             if stop.is_set():
                 return
-            if self._event_in_flight:
-                continue  # that event keeps the connection alive; never interleave
-            if self.ping_message_factory is not None:
-                event = self.ping_message_factory()
-            else:
-                event = ServerSentEvent(comment=f"ping - {datetime.now(UTC)}", sep=self.sep)
-            body = ensure_bytes(event, self.sep)
-            done = self._ping_in_flight = anyio.Event()
-            try:
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-            finally:
-                self._ping_in_flight = None
-                done.set()
+            await self._ping_once(send)
+
+    async def _ping_once(self, send: Send) -> None:
+        if self._event_in_flight:
+            return  # that event keeps the connection alive; never interleave
+        if self.ping_message_factory is not None:
+            event = self.ping_message_factory()
+        else:
+            event = ServerSentEvent(comment=f"ping - {datetime.now(UTC)}", sep=self.sep)
+        body = ensure_bytes(event, self.sep)
+        done = self._ping_in_flight = anyio.Event()
+        try:
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        finally:
+            self._ping_in_flight = None
+            done.set()

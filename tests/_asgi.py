@@ -102,10 +102,18 @@ def receive_nothing() -> Receive:
 
 
 def receive_disconnect_after(seconds: float) -> Receive:
-    """A `receive` whose client leaves after ``seconds``."""
+    """A `receive` whose client leaves ``seconds`` after the first call.
+
+    Like a server's, it keeps its state across calls that were cancelled: the disconnect
+    happens at the same moment however often ``receive()`` is called.
+    """
+    deadline: float | None = None
 
     async def receive() -> Message:
-        await anyio.sleep(seconds)
+        nonlocal deadline
+        if deadline is None:
+            deadline = anyio.current_time() + seconds
+        await anyio.sleep(max(0.0, deadline - anyio.current_time()))
         return {"type": "http.disconnect"}
 
     return receive

@@ -525,6 +525,11 @@ async def test_invalid_own_header_gives_500(
             TypeError,
             "early_error_handler must be a callable taking the exception, got int",
         ),
+        (
+            {"early_error_handler": lambda exc: None},
+            ValueError,
+            "early_error_handler needs peek_first_chunk=True",
+        ),
     ],
 )
 def test_constructor_rejects_bad_options(
@@ -1405,3 +1410,22 @@ async def test_divergence_background_runs_after_an_error_response() -> None:
     recorder = await call(response)
     assert recorder.status == 500
     assert ran == ["background"]
+
+
+@pytest.mark.anyio
+async def test_early_error_handler_response_without_a_body_gives_the_default(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    response = HeaderFirstStreamingResponse(
+        TrackedBody(error=RuntimeError("upstream")),
+        peek_first_chunk=True,
+        early_error_handler=lambda exc: StreamingResponse(iter([b"never sent"]), 429),
+    )
+    recorder = await call(response, http_scope(path="/p"))
+    assert recorder.status == 502
+    assert recorder.body == DEFAULT_502
+    assert (
+        "early_error_handler returned StreamingResponse for /p, which has no body; answered 502"
+        in caplog.text
+    )

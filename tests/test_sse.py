@@ -39,7 +39,14 @@ from starlette.types import Message, Receive, Scope, Send
 import header_first_stream
 from header_first_stream import HeaderFirstEventSourceResponse, late_headers
 
-from ._asgi import Recorder, call, http_scope, receive_nothing, websocket_scope
+from ._asgi import (
+    Recorder,
+    call,
+    http_scope,
+    receive_disconnect_after,
+    receive_nothing,
+    websocket_scope,
+)
 from ._servers import serve
 
 SPECS = pytest.mark.parametrize("spec", ["2.3", "2.4"])
@@ -540,6 +547,32 @@ async def test_ping_zero_sends_no_pings() -> None:
     send = TimedSend()
     await send_through(HeaderFirstEventSourceResponse(body(), ping=0), send)
     assert send.bodies == [b"data: x\r\n\r\n", b""]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("ping", [0, 0.05])
+async def test_a_client_leaving_mid_stream_ends_the_response_and_closes_the_events(
+    ping: float,
+) -> None:
+    closed = anyio.Event()
+
+    async def body() -> AsyncIterator[str]:
+        try:
+            yield "x"
+            await anyio.sleep_forever()
+            yield "never"  # pragma: no cover
+        finally:
+            closed.set()
+
+    recorder = Recorder()
+    response = HeaderFirstEventSourceResponse(body(), ping=ping)
+    with anyio.fail_after(WAIT):
+        await response(http_scope(spec_version="2.3"), receive_disconnect_after(0.2), recorder)
+    assert closed.is_set()
+    bodies = [m["body"] for _, m in recorder.messages if m["type"] == "http.response.body"]
+    assert bodies[0] == b"data: x\r\n\r\n"
+    assert all(b.startswith(b": ping - ") for b in bodies[1:])
+    assert len(bodies) > 1 if ping else len(bodies) == 1
 
 
 @pytest.mark.anyio
