@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import socket
 import statistics
 import subprocess
@@ -193,7 +194,8 @@ class _Server:
             text=True,
         )
         assert self.process.stdout is not None
-        line = self.process.stdout.readline()  # bounded: the child prints first or dies
+        ready, _, _ = select.select([self.process.stdout], [], [], STARTUP_TIMEOUT)
+        line = self.process.stdout.readline() if ready else ""
         if not line.strip().isdigit():
             self.close()
             raise RuntimeError(f"the benchmark server did not start (printed {line!r})")

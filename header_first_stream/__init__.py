@@ -11,20 +11,19 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from ._headers import HeaderValidationError
 from ._late import LateHeaders, late_headers
-from ._middleware import HeaderFirstMiddleware
+from ._middleware import HeaderFirstMiddleware, ScopeHeaderResolver
 from ._normalize import HiddenParamsDict, get_additional_headers, normalize_response
 from ._response import HeaderFirstStreamingResponse
 from ._types import ChunkHeaderResolver, EarlyErrorHandler, HeaderResolver, HeaderSource
 
 if _TYPE_CHECKING:  # pragma: no cover - for type checkers; imported on first use below
-    from ._sse import HeaderFirstEventSourceResponse
+    from ._sse import HeaderFirstEventSourceResponse as HeaderFirstEventSourceResponse
 
 __version__ = "0.1.0"
 
-__all__ = [
+__all__ = [  # and _LAZY_NAMES, below
     "ChunkHeaderResolver",
     "EarlyErrorHandler",
-    "HeaderFirstEventSourceResponse",
     "HeaderFirstMiddleware",
     "HeaderFirstStreamingResponse",
     "HeaderResolver",
@@ -32,6 +31,7 @@ __all__ = [
     "HeaderValidationError",
     "HiddenParamsDict",
     "LateHeaders",
+    "ScopeHeaderResolver",
     "__version__",
     "get_additional_headers",
     "late_headers",
@@ -39,12 +39,21 @@ __all__ = [
 ]
 
 
+# Public too, but imported on first use, and left out of `__all__` so that
+# `from header_first_stream import *` does not import sse-starlette (or fail without it).
+_LAZY_NAMES = ("HeaderFirstEventSourceResponse",)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY_NAMES})
+
+
 def __getattr__(name: str) -> object:
     # The SSE response needs the `sse` extra, and importing sse-starlette patches uvicorn:
     # import it on first use only. Without the extra this raises an ImportError that says
     # what to install.
     if name == "HeaderFirstEventSourceResponse":
-        from ._sse import HeaderFirstEventSourceResponse
+        from ._sse import HeaderFirstEventSourceResponse as HeaderFirstEventSourceResponse
 
         globals()[name] = HeaderFirstEventSourceResponse
         return HeaderFirstEventSourceResponse

@@ -31,6 +31,10 @@ _FORBIDDEN_IN_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # describe a body other than the one that is sent.
 FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 
+# Fields that cannot be combined into one line (RFC 9110 section 5.3): each is its own
+# header, so a later source adds to them instead of replacing them.
+_NOT_REPLACED = frozenset({b"set-cookie"})
+
 _NAMES_OF_CONTROL_CHARACTERS = {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r", 0x00: "\\x00"}
 
 
@@ -127,9 +131,10 @@ def render_headers(headers: HeaderSource) -> RawHeaders:
 def merge_headers(base: RawHeaders, late: RawHeaders) -> RawHeaders:
     """Return `base` with every name that `late` sets replaced by `late`'s values.
 
-    A name that `late` gives several times (``set-cookie``) keeps all of its values.
+    A name that `late` gives several times keeps all of its values; ``set-cookie`` is
+    never replaced, only added to.
     """
     if not late:
         return base
-    names = {name for name, _ in late}
+    names = {name for name, _ in late if name not in _NOT_REPLACED}
     return [pair for pair in base if pair[0] not in names] + late

@@ -35,6 +35,7 @@ from typing import Any, TypeAlias
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import anyio.to_thread
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
@@ -221,6 +222,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         # may still replace `body_iterator` after construction, as with Starlette's.
         self._started: AsyncIterator[Any] | None = None
         self._finished = False
+        self._closed = False
         # The task group of the disconnect listener, while the whole response runs in it
         # (below ASGI spec 2.4); a subclass may start its own tasks there.
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -235,7 +237,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             else:
                 await self._call_listening(scope, receive, send)
         finally:
-            if self._needs_closing():
+            if not self._closed and self._needs_closing():
                 await self._close_body()
         if self.background is not None:
             await self.background()
@@ -243,19 +245,21 @@ class HeaderFirstStreamingResponse(StreamingResponse):
     async def _call_spec_2_4(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Here a disconnect shows as OSError from send(); while the head is held back
         # nothing is sent, so the disconnect is listened for until the head is ready.
-        plans: list[_Plan] = []
-        if self.header_resolver is None and not self.peek_first_chunk:
-            plans.append(await self._prepare(scope))  # nothing to wait for
-        else:
+        try:
+            if self.header_resolver is None and not self.peek_first_chunk:
+                await self._stream(scope, send, await self._prepare(scope))  # nothing to wait for
+                return
+            # The task that peeks is the task that streams and closes: a generator's
+            # context variables and cancel scopes stay in one task.
             with _collapse_excgroups():
                 async with anyio.create_task_group() as task_group:
-                    task_group.start_soon(self._prepare_then_cancel, scope, plans, task_group)
-                    await self.listen_for_disconnect(receive)
-                    task_group.cancel_scope.cancel()
-            if not plans:  # the client left while the head was held back
-                return
-        try:
-            await self._stream(scope, send, plans[0])
+                    listening = anyio.CancelScope()
+                    task_group.start_soon(
+                        self._respond_then_cancel, scope, send, task_group, listening
+                    )
+                    with listening:  # cancelled by the response once its head is ready
+                        await self.listen_for_disconnect(receive)
+                        task_group.cancel_scope.cancel()
         except OSError as exc:
             raise ClientDisconnect() from exc
 
@@ -273,32 +277,46 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         """The listener task's work below spec 2.4; a subclass may do more in it."""
         await self.listen_for_disconnect(receive)
 
-    async def _prepare_then_cancel(
-        self, scope: Scope, plans: list[_Plan], task_group: anyio.abc.TaskGroup
-    ) -> None:
-        plans.append(await self._prepare(scope))
-        task_group.cancel_scope.cancel()
-
     async def _respond_then_cancel(
-        self, scope: Scope, send: Send, task_group: anyio.abc.TaskGroup
+        self,
+        scope: Scope,
+        send: Send,
+        task_group: anyio.abc.TaskGroup,
+        listening: anyio.CancelScope | None = None,
     ) -> None:
-        await self._stream(scope, send, await self._prepare(scope))
+        try:
+            plan = await self._prepare(scope)
+            # _prepare may end without a checkpoint after the client left (a thread that
+            # was not cancellable, a shielded resolver): never send a head then.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            if listening is not None:
+                listening.cancel()
+            await self._stream(scope, send, plan)
+        finally:
+            # Closed in the task that iterated it, in that task's context.
+            if self._needs_closing():
+                await self._close_body()
+            self._closed = True
         task_group.cancel_scope.cancel()
 
     async def _prepare(self, scope: Scope) -> _Plan:
         """Decide the head: run the peek and the resolver; send nothing."""
         first: Any = _NOT_PEEKED
+        item: Any = None  # the first chunk as the iterator gave it, for the resolver
         early_error: Exception | None = None
         if self.peek_first_chunk and not _is_head(scope):
             try:
-                first = await anext(self._iterator())
+                item = await anext(self._iterator())
+                # Encoded now: a chunk that cannot be sent is an early error, not a 200.
+                first = self._encode_first(item)
             except StopAsyncIteration:
                 first = _EMPTY
                 self._finished = True
             except Exception as exc:
                 early_error = exc
+                item = None  # the resolver sees no chunk of a failed body
         try:
-            resolved = await self._resolve(scope, first)
+            resolved = await self._resolve(scope, item)
         except ResolverFailed as failure:
             return _plain_error(failure.status, failure.reason, take_late_headers(scope))
         # Taken only now: a resolver may itself add request-scoped headers.
@@ -323,8 +341,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             return []
         call: Any = resolver
         if self.peek_first_chunk:
-            chunk = None if first is _NOT_PEEKED or first is _EMPTY else first
-            call = lambda: resolver(chunk)  # type: ignore[call-arg]  # noqa: E731
+            call = lambda: resolver(first)  # type: ignore[call-arg]  # noqa: E731
         return await resolve(
             call, self.resolver_timeout, self.on_resolver_error, scope.get("path", "")
         )
@@ -392,10 +409,8 @@ class HeaderFirstStreamingResponse(StreamingResponse):
 
         The hook a subclass overrides to encode or interleave the body differently.
         """
-        if first is not _NOT_PEEKED:
-            await send(
-                {"type": "http.response.body", "body": self._encode(first), "more_body": True}
-            )
+        if first is not _NOT_PEEKED:  # encoded by _prepare
+            await send({"type": "http.response.body", "body": first, "more_body": True})
         # The per-chunk loop: keep it as lean as Starlette's own.
         charset = self.charset
         async for chunk in self._iterator():
@@ -404,6 +419,10 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         self._finished = True
         await self._send_last(send, _END)
+
+    def _encode_first(self, chunk: Any) -> bytes | memoryview:
+        """Encode the peeked first chunk; a subclass that encodes differently overrides it."""
+        return self._encode(chunk)
 
     def _encode(self, chunk: Any) -> bytes | memoryview:
         if isinstance(chunk, bytes | memoryview):

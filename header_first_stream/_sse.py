@@ -232,6 +232,9 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse):
                     stop.set()
         await self._send_last(send, _END)
 
+    def _encode_first(self, chunk: Any) -> bytes:
+        return ensure_bytes(chunk, self.sep)
+
     async def _listen(self, receive: Receive, send: Send) -> None:
         interval = self.ping_interval
         if interval <= 0:
@@ -253,9 +256,8 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse):
         sep = self.sep
         if first is not _NOT_PEEKED:
             # No ping can be in flight yet: the ping task has not passed its first wait.
-            chunk = ensure_bytes(first, sep)
-            self._event_in_flight = True
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            self._event_in_flight = True  # `first` was encoded by `_encode_first`
+            await send({"type": "http.response.body", "body": first, "more_body": True})
             self._event_in_flight = False
         # The per-event loop: two flag writes and one read beyond Starlette's own loop.
         tail = sep + sep

@@ -161,14 +161,26 @@ def test_validate_raw_headers_names_the_first_bad_header(
 
 
 def test_merge_replaces_every_value_of_a_late_name_and_keeps_late_repeats() -> None:
-    base = [(b"a", b"1"), (b"set-cookie", b"x=1"), (b"b", b"2"), (b"set-cookie", b"y=2")]
-    late = [(b"set-cookie", b"z=3"), (b"set-cookie", b"w=4"), (b"c", b"3")]
+    base = [(b"a", b"1"), (b"x-id", b"old"), (b"b", b"2"), (b"x-id", b"older")]
+    late = [(b"x-id", b"new"), (b"x-id", b"newer"), (b"c", b"3")]
     assert merge_headers(base, late) == [
         (b"a", b"1"),
         (b"b", b"2"),
-        (b"set-cookie", b"z=3"),
-        (b"set-cookie", b"w=4"),
+        (b"x-id", b"new"),
+        (b"x-id", b"newer"),
         (b"c", b"3"),
+    ]
+
+
+def test_merge_never_replaces_set_cookie_only_adds_to_it() -> None:
+    # Each set-cookie is its own cookie (RFC 9110 section 5.3): a late one must not
+    # delete the app's session cookie.
+    base = [(b"set-cookie", b"session=1"), (b"a", b"1")]
+    late = [(b"set-cookie", b"rl=60"), (b"a", b"2")]
+    assert merge_headers(base, late) == [
+        (b"set-cookie", b"session=1"),
+        (b"set-cookie", b"rl=60"),
+        (b"a", b"2"),
     ]
 
 
@@ -242,13 +254,14 @@ def test_merge_headers_properties(
     base: list[tuple[bytes, bytes]], late: list[tuple[bytes, bytes]]
 ) -> None:
     merged = merge_headers(base, late)
-    late_names = {name for name, _ in late}
+    replaced = {name for name, _ in late if name != b"set-cookie"}
     # Every late pair is sent, in order, after what is kept of the base.
     assert merged[len(merged) - len(late) :] == late
     kept = merged[: len(merged) - len(late)]
-    # Of the base, exactly the names late does not set are kept, in their order.
-    assert kept == [pair for pair in base if pair[0] not in late_names]
-    # Merging the same late headers again changes nothing.
-    assert merge_headers(merged, late) == merged
+    # Of the base, exactly the names late replaces are dropped (never set-cookie).
+    assert kept == [pair for pair in base if pair[0] not in replaced]
+    # Merging the same late headers again changes nothing but adding set-cookies again.
+    if all(name != b"set-cookie" for name, _ in late):
+        assert merge_headers(merged, late) == merged
     # Nothing is invented.
     assert set(merged) <= set(base) | set(late)

@@ -26,19 +26,32 @@ def module_level_public_names() -> set[str]:
     return names
 
 
+LAZY = {"HeaderFirstEventSourceResponse"}  # public, imported on first use, not in __all__
+
+
 def test_all_names_exactly_the_public_names() -> None:
     exported = header_first_stream.__all__
     assert len(exported) == len(set(exported)), "duplicates in __all__"
-    for name in exported:  # every name importable, lazily imported ones too
+    for name in [*exported, *LAZY]:  # every name importable, lazily imported ones too
         assert getattr(header_first_stream, name) is not None
-    assert module_level_public_names() == set(exported)
+    assert module_level_public_names() == set(exported) | LAZY
+    assert set(dir(header_first_stream)) >= set(exported) | LAZY
 
 
-def test_star_import_gives_exactly_all() -> None:
-    namespace: dict[str, object] = {}
-    exec("from header_first_stream import *", namespace)
-    namespace.pop("__builtins__")
-    assert set(namespace) == set(header_first_stream.__all__)
+def test_star_import_gives_exactly_all_and_does_not_import_sse_starlette() -> None:
+    script = (
+        "import sys\n"
+        "import header_first_stream\n"
+        "namespace = {}\n"
+        "exec('from header_first_stream import *', namespace)\n"
+        "namespace.pop('__builtins__')\n"
+        "assert set(namespace) == set(header_first_stream.__all__), set(namespace)\n"
+        "assert 'sse_starlette' not in sys.modules, 'sse_starlette imported'\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_unknown_name_is_an_attribute_error() -> None:

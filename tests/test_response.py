@@ -6,6 +6,7 @@ ordering and timing claim of the module docstring is pinned here.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
 import threading
@@ -28,6 +29,7 @@ from ._asgi import (
     Recorder,
     call,
     http_scope,
+    receive_disconnect_after,
     receive_nothing,
     websocket_scope,
 )
@@ -229,6 +231,7 @@ async def test_merge_order_is_own_then_late_store_then_resolver(spec: str) -> No
 
     assert recorder.headers == [
         (b"x-own", b"own"),
+        (b"set-cookie", b"own=1"),  # never replaced: each set-cookie is its own cookie
         (b"x-shared", b"late"),
         (b"x-late-only", b"1"),
         (b"x-both", b"resolver"),
@@ -1429,3 +1432,108 @@ async def test_early_error_handler_response_without_a_body_gives_the_default(
         "early_error_handler returned StreamingResponse for /p, which has no body; answered 502"
         in caplog.text
     )
+
+
+# --- one task iterates, and closes, the body -------------------------------------------
+
+_span: contextvars.ContextVar[str | None] = contextvars.ContextVar("span", default=None)
+
+
+def _span_body(log: list[object], *, endless: bool = False) -> AsyncIterator[str]:
+    # Sets a context variable across its yields, as a tracing span around an upstream
+    # call does; resetting it fails if the generator is resumed in another context.
+    async def body() -> AsyncIterator[str]:
+        token = _span.set("llm-call")
+        try:
+            for i in range(3):
+                log.append(_span.get())
+                yield f"chunk{i}\n"
+            while endless:
+                yield "more\n"
+        finally:
+            try:
+                _span.reset(token)
+                log.append("reset ok")
+            except ValueError:
+                log.append("reset failed")
+
+    return body()
+
+
+@pytest.mark.anyio
+@SPECS
+async def test_a_peeked_body_runs_in_one_context_from_first_chunk_to_close(spec: str) -> None:
+    log: list[object] = []
+    response = HeaderFirstStreamingResponse(
+        _span_body(log), peek_first_chunk=True, header_resolver=resolver_of({"x-a": "1"})
+    )
+    recorder = await call(response, http_scope(spec_version=spec))
+    assert recorder.body == b"chunk0\nchunk1\nchunk2\n"
+    assert log == ["llm-call", "llm-call", "llm-call", "reset ok"]
+
+
+@pytest.mark.anyio
+@SPECS
+async def test_a_body_cut_off_by_a_disconnect_is_closed_in_its_own_context(spec: str) -> None:
+    log: list[object] = []
+    response = HeaderFirstStreamingResponse(
+        _span_body(log, endless=True), header_resolver=resolver_of({"x-a": "1"})
+    )
+    if spec == "2.4":
+        recorder = Recorder()
+        sends = 0
+
+        async def send(message: Message) -> None:
+            nonlocal sends
+            sends += 1
+            if sends > 3:  # the client leaves after the head and two chunks
+                raise OSError("connection closed")
+            await recorder(message)
+
+        with pytest.raises(ClientDisconnect):
+            await response(http_scope(spec_version=spec), receive_nothing(), send)
+    else:
+
+        async def slow_send(message: Message) -> None:
+            await anyio.sleep(0.01)  # the client leaves while a send is in flight
+            await recorder(message)
+
+        recorder = Recorder()
+        await response(http_scope(spec_version=spec), receive_disconnect_after(0.05), slow_send)
+    assert log[-1] == "reset ok"
+
+
+@pytest.mark.anyio
+@SPECS
+async def test_no_head_goes_out_when_the_client_left_during_a_shielded_resolver(
+    spec: str,
+) -> None:
+    async def resolver() -> dict[str, int]:
+        with anyio.CancelScope(shield=True):  # e.g. a limiter write that must not be torn
+            await anyio.sleep(0.2)
+        return {"x-ratelimit-remaining-requests": 7}
+
+    body = TrackedBody(b"hello")
+    response = HeaderFirstStreamingResponse(body, header_resolver=resolver)
+    recorder = await call(response, http_scope(spec_version=spec), receive_disconnect_after(0.05))
+    assert recorder.messages == []
+    assert (body.pulls, body.closes) == (0, 1)
+
+
+@pytest.mark.anyio
+@SPECS
+async def test_a_peeked_first_chunk_that_cannot_be_encoded_is_an_early_error(spec: str) -> None:
+    async def body() -> AsyncIterator[Any]:
+        yield {"not": "a chunk"}
+
+    seen: list[object] = []
+
+    async def resolver(first: object) -> dict[str, str]:
+        seen.append(first)
+        return {"x-a": "1"}
+
+    response = HeaderFirstStreamingResponse(body(), peek_first_chunk=True, header_resolver=resolver)
+    recorder = await call(response, http_scope(spec_version=spec))
+    assert recorder.status == 502
+    assert (b"x-a", b"1") in recorder.headers
+    assert seen == [None]

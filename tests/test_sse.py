@@ -131,7 +131,9 @@ def test_the_import_error_without_sse_starlette_also_in_process(
 def test_the_lazy_export_is_the_class_and_other_names_still_raise_attribute_error() -> None:
     from header_first_stream._sse import HeaderFirstEventSourceResponse as direct
 
-    assert "HeaderFirstEventSourceResponse" in header_first_stream.__all__
+    # Public, but not in __all__: a star import must not import sse-starlette.
+    assert "HeaderFirstEventSourceResponse" not in header_first_stream.__all__
+    assert "HeaderFirstEventSourceResponse" in dir(header_first_stream)
     assert header_first_stream.HeaderFirstEventSourceResponse is direct
     with pytest.raises(AttributeError, match="has no attribute 'NoSuchThing'"):
         header_first_stream.NoSuchThing  # noqa: B018
@@ -396,6 +398,18 @@ async def test_with_peek_the_resolver_gets_the_first_event_as_yielded(spec: str)
     assert seen[0] is first
     assert recorder.headers == [*SSE_HEADERS, (b"x-model", b"gpt-x")]
     assert recorder.body == b'event: chunk\r\ndata: {"model":"gpt-x"}\r\n\r\ndata: done\r\n\r\n'
+
+
+@pytest.mark.anyio
+@SPECS
+async def test_a_first_event_that_cannot_be_encoded_is_a_502_not_a_200(spec: str) -> None:
+    async def body() -> AsyncIterator[dict[str, str]]:
+        yield {"dat": "a typo: not a ServerSentEvent argument"}
+
+    response = HeaderFirstEventSourceResponse(body(), ping=0, peek_first_chunk=True)
+    recorder = await call(response, http_scope(spec_version=spec))
+    assert recorder.status == 502
+    assert recorder.body.startswith(b'{"error":{"message":"The upstream service failed')
 
 
 @pytest.mark.anyio
