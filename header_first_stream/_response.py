@@ -12,6 +12,11 @@ Invariants, enforced in `__call__` and `_prepare` below:
    character reaches the server, whatever the server itself checks.
 4. The body iterator is closed when the response ends for any reason: finished, raised,
    client disconnected, cancelled, HEAD, or an error response sent instead.
+5. One task pulls every chunk and closes the iterator, so a generator that holds a context
+   variable or a cancel scope across its yields (a tracing span, a deadline) sees one task
+   and one context from its first chunk to its ``finally``.
+6. A client that left while the head was held back gets nothing: no head is sent once the
+   response's task was cancelled, even if the resolver ended without noticing.
 
 Divergences from `starlette.responses.StreamingResponse` (each pinned by a parity test):
 
@@ -22,6 +27,9 @@ Divergences from `starlette.responses.StreamingResponse` (each pinned by a parit
 - Headers are validated before sending; an invalid one gives a 500, never a split head.
 - While the head is held back, a disconnect is watched for on both ASGI paths (Starlette
   watches only below spec 2.4), so that a client that left cancels the resolver.
+- The final body message is shielded from the disconnect listener: a server that closes
+  the connection inside it (hypercorn's trio worker, on ``Connection: close``) is not cut
+  off half-way, which with Starlette's class leaves the connection open.
 - Background tasks also run after the error responses this class sends itself.
 """
 
