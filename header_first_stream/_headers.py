@@ -50,13 +50,18 @@ def _describe(byte: int) -> str:
     return _NAMES_OF_CONTROL_CHARACTERS.get(byte, f"\\x{byte:02x}")
 
 
+# Bound once: this runs for every header of every response.
+_is_token = _TOKEN.fullmatch
+_find_forbidden = _FORBIDDEN_IN_VALUE.search
+
+
 def _check(name: bytes, value: bytes) -> None:
-    if _TOKEN.fullmatch(name) is None:
+    if _is_token(name) is None:
         raise HeaderValidationError(
             f"invalid header name {name.decode('latin-1')!r} "
             "(header names must be RFC 9110 tokens: letters, digits and !#$%&'*+-.^_`|~)"
         )
-    bad = _FORBIDDEN_IN_VALUE.search(value)
+    bad = _find_forbidden(value)
     if bad is not None:
         raise HeaderValidationError(
             f"invalid header value for {name.decode('latin-1')!r}: contains "

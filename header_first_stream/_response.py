@@ -37,13 +37,12 @@ from __future__ import annotations
 
 import logging
 import types
-from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeAlias
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 import anyio.to_thread
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
@@ -220,7 +219,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         super().__init__(content, status_code, headers, media_type, background)
         # Starlette wraps a sync iterable in a thread-pool async generator; closing that
         # wrapper does not close the iterable itself, so keep it to close it too.
-        self._sync_content: object = None if isinstance(content, AsyncIterable) else content
+        self._sync_content: object = None if self.body_iterator is content else content
         self.header_resolver = header_resolver
         self.resolver_timeout = resolver_timeout
         self.on_resolver_error: ResolverErrorPolicy = on_resolver_error
@@ -234,6 +233,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         # The task group of the disconnect listener, while the whole response runs in it
         # (below ASGI spec 2.4); a subclass may start its own tasks there.
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._ending = False  # the final body message is being sent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -251,25 +251,34 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             await self.background()
 
     async def _call_spec_2_4(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Here a disconnect shows as OSError from send(); while the head is held back
-        # nothing is sent, so the disconnect is listened for until the head is ready.
-        try:
-            if self.header_resolver is None and not self.peek_first_chunk:
-                await self._stream(scope, send, await self._prepare(scope))  # nothing to wait for
-                return
-            # The task that peeks is the task that streams and closes: a generator's
-            # context variables and cancel scopes stay in one task.
+        # Here a disconnect shows as OSError from send(). While the head is held back
+        # nothing is sent, so a listener task watches for the disconnect until the head
+        # is ready, and no longer: the stream then holds no task group (memory per open
+        # stream), and this task peeks, streams and closes (one task for the body).
+        if self.header_resolver is None and not self.peek_first_chunk:
+            plan = await self._prepare(scope)  # nothing to wait for
+        else:
+            left: list[bool] = []
             with _collapse_excgroups():
                 async with anyio.create_task_group() as task_group:
-                    listening = anyio.CancelScope()
-                    task_group.start_soon(
-                        self._respond_then_cancel, scope, send, task_group, listening
-                    )
-                    with listening:  # cancelled by the response once its head is ready
-                        await self.listen_for_disconnect(receive)
-                        task_group.cancel_scope.cancel()
+                    task_group.start_soon(self._cancel_on_disconnect, receive, task_group, left)
+                    plan = await self._prepare(scope)
+                    task_group.cancel_scope.cancel()
+            # The client left while the head was held back: send nothing, even if
+            # `_prepare` ended without noticing (a shielded resolver, a worker thread).
+            if left:
+                return
+        try:
+            await self._stream(scope, send, plan)
         except OSError as exc:
             raise ClientDisconnect() from exc
+
+    async def _cancel_on_disconnect(
+        self, receive: Receive, task_group: anyio.abc.TaskGroup, left: list[bool]
+    ) -> None:
+        await self.listen_for_disconnect(receive)
+        left.append(True)
+        task_group.cancel_scope.cancel()
 
     async def _call_listening(self, scope: Scope, receive: Receive, send: Send) -> None:
         # As in Starlette: the response runs in a child task while this one listens; the
@@ -279,26 +288,25 @@ class HeaderFirstStreamingResponse(StreamingResponse):
                 self._task_group = task_group
                 task_group.start_soon(self._respond_then_cancel, scope, send, task_group)
                 await self._listen(receive, send)
-                task_group.cancel_scope.cancel()
+                # A disconnect seen while the last message is being sent must not cut
+                # that send short (see `_send_last`): the group waits for it instead.
+                if not self._ending:
+                    task_group.cancel_scope.cancel()
 
     async def _listen(self, receive: Receive, send: Send) -> None:
         """The listener task's work below spec 2.4; a subclass may do more in it."""
         await self.listen_for_disconnect(receive)
 
     async def _respond_then_cancel(
-        self,
-        scope: Scope,
-        send: Send,
-        task_group: anyio.abc.TaskGroup,
-        listening: anyio.CancelScope | None = None,
+        self, scope: Scope, send: Send, task_group: anyio.abc.TaskGroup
     ) -> None:
         try:
             plan = await self._prepare(scope)
-            # _prepare may end without a checkpoint after the client left (a thread that
-            # was not cancellable, a shielded resolver): never send a head then.
-            await anyio.lowlevel.checkpoint_if_cancelled()
-            if listening is not None:
-                listening.cancel()
+            # The client left while the head was held back: send nothing, even if
+            # `_prepare` ended without noticing (a shielded resolver, a worker thread).
+            # A flag check, not a checkpoint: no event-loop pass per response.
+            if task_group.cancel_scope.cancel_called:
+                return
             await self._stream(scope, send, plan)
         finally:
             # Closed in the task that iterated it, in that task's context.
@@ -323,10 +331,12 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             except Exception as exc:
                 early_error = exc
                 item = None  # the resolver sees no chunk of a failed body
-        try:
-            resolved = await self._resolve(scope, item)
-        except ResolverFailed as failure:
-            return _plain_error(failure.status, failure.reason, take_late_headers(scope))
+        resolved: RawHeaders = []
+        if self.header_resolver is not None:
+            try:
+                resolved = await self._resolve(scope, item)
+            except ResolverFailed as failure:
+                return _plain_error(failure.status, failure.reason, take_late_headers(scope))
         # Taken only now: a resolver may itself add request-scoped headers.
         late = take_late_headers(scope)
         if early_error is not None:
@@ -344,12 +354,9 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         )
 
     async def _resolve(self, scope: Scope, first: Any) -> RawHeaders:
-        resolver = self.header_resolver
-        if resolver is None:
-            return []
-        call: Any = resolver
-        if self.peek_first_chunk:
-            call = lambda: resolver(first)  # type: ignore[call-arg]  # noqa: E731
+        # Called only with a resolver; which of the two signatures depends on the peek.
+        resolver: Any = self.header_resolver
+        call: Any = (lambda: resolver(first)) if self.peek_first_chunk else resolver
         return await resolve(
             call, self.resolver_timeout, self.on_resolver_error, scope.get("path", "")
         )
@@ -403,14 +410,12 @@ class HeaderFirstStreamingResponse(StreamingResponse):
 
     async def _send_last(self, send: Send, message: Message) -> None:
         """Send the final body message, which a disconnect listener must not cut short."""
-        if self._task_group is None:
-            await send(message)
-            return
         # A server may close the connection inside the last send() (hypercorn does, on
-        # `Connection: close`); the listener then sees http.disconnect and would cancel
-        # that very send half-way, leaving the socket open. One scope per response.
-        with anyio.CancelScope(shield=True):
-            await send(message)
+        # `Connection: close`); the listener then sees http.disconnect and must not cancel
+        # that very send half-way, leaving the socket open. It checks this flag: cheaper
+        # than a shielded cancel scope per response.
+        self._ending = True
+        await send(message)
 
     async def _stream_body(self, send: Send, first: Any) -> None:
         """Send the body after the head: ``first`` (unless `_NOT_PEEKED`), the rest, the end.
