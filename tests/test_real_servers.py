@@ -648,3 +648,28 @@ def test_connection_close_ends_the_connection_after_the_stream(
         except TimeoutError:
             pytest.fail(f"the server kept the connection open for {EOF_WAIT}s after the response")
     assert rest == b""
+
+
+# --- what the servers advertise ------------------------------------------------------
+
+ADVERTISED_SPEC = {
+    "uvicorn-h11": "2.3",
+    "uvicorn-httptools": "2.3",
+    "hypercorn": "2.1",
+    "hypercorn-trio": "2.1",
+}
+
+
+def test_the_server_advertises_a_spec_below_2_4(server: str) -> None:
+    # The README's cost figures rest on this: below 2.4 Starlette starts the same
+    # disconnect listener that this library needs, so both pay for it alike.
+    seen: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            seen.append(scope["asgi"]["spec_version"])
+        await PlainTextResponse("ok")(scope, receive, send)
+
+    with serve(app, server) as url, httpx.Client() as client:
+        assert client.get(url + "/").text == "ok"
+    assert seen == [ADVERTISED_SPEC[server]]
