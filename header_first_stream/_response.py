@@ -13,8 +13,10 @@ Invariants, enforced in `__call__` and `_prepare` below:
 4. The body iterator is closed when the response ends for any reason: finished, raised,
    client disconnected, cancelled, HEAD, or an error response sent instead.
 5. One task pulls every chunk and closes the iterator, so a generator that holds a context
-   variable or a cancel scope across its yields (a tracing span, a deadline) sees one task
-   and one context from its first chunk to its ``finally``.
+   variable across its yields (a tracing span) sees one task and one context from its
+   first chunk to its ``finally``; one that holds a cancel scope (a deadline) works when it
+   runs to its end, but, as anyio and trio document for async generators, not when it is
+   closed early.
 6. A client that left while the head was held back gets nothing: no head is sent once the
    response's task was cancelled, even if the resolver ended without noticing.
 
@@ -36,6 +38,7 @@ Divergences from `starlette.responses.StreamingResponse` (each pinned by a parit
 from __future__ import annotations
 
 import logging
+import math
 import types
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
@@ -43,6 +46,7 @@ from typing import Any, TypeAlias
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import anyio.to_thread
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
@@ -255,7 +259,24 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         # nothing is sent, so a listener task watches for the disconnect until the head
         # is ready, and no longer: the stream then holds no task group (memory per open
         # stream), and this task peeks, streams and closes (one task for the body).
-        if self.header_resolver is None and not self.peek_first_chunk:
+        if self.peek_first_chunk:
+            # The peek enters the body, so the task that peeks must also stream and close
+            # inside one task group: a generator holding a cancel scope across its yields
+            # (a deadline) would otherwise have it nested in a group exited before it.
+            try:
+                with _collapse_excgroups():
+                    async with anyio.create_task_group() as task_group:
+                        listening = anyio.CancelScope()
+                        task_group.start_soon(
+                            self._respond_then_cancel, scope, send, task_group, listening
+                        )
+                        with listening:  # cancelled by the response once its head is ready
+                            await self.listen_for_disconnect(receive)
+                            task_group.cancel_scope.cancel()
+            except OSError as exc:
+                raise ClientDisconnect() from exc
+            return
+        if self.header_resolver is None:
             plan = await self._prepare(scope)  # nothing to wait for
         else:
             left: list[bool] = []
@@ -266,7 +287,10 @@ class HeaderFirstStreamingResponse(StreamingResponse):
                     task_group.cancel_scope.cancel()
             # The client left while the head was held back: send nothing, even if
             # `_prepare` ended without noticing (a shielded resolver, a worker thread).
-            if left:
+            # An outer cancellation (a timeout middleware, the server) that the task group
+            # absorbed on asyncio while a shielded resolver ran: re-raised, not streamed over.
+            if left or anyio.current_effective_deadline() == -math.inf:
+                await anyio.lowlevel.checkpoint_if_cancelled()
                 return
         try:
             await self._stream(scope, send, plan)
@@ -298,7 +322,11 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         await self.listen_for_disconnect(receive)
 
     async def _respond_then_cancel(
-        self, scope: Scope, send: Send, task_group: anyio.abc.TaskGroup
+        self,
+        scope: Scope,
+        send: Send,
+        task_group: anyio.abc.TaskGroup,
+        listening: anyio.CancelScope | None = None,
     ) -> None:
         try:
             plan = await self._prepare(scope)
@@ -307,6 +335,8 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             # A flag check, not a checkpoint: no event-loop pass per response.
             if task_group.cancel_scope.cancel_called:
                 return
+            if listening is not None:
+                listening.cancel()
             await self._stream(scope, send, plan)
         finally:
             # Closed in the task that iterated it, in that task's context.

@@ -13,10 +13,10 @@ Invariants, enforced in `_stream_body`, `_send_events`, `_listen` and `_ping_onc
 
 1. Only one ``send`` is in flight at a time: an event waits for a ping being sent, and a
    ping is skipped while an event is being sent (that event keeps the connection alive).
-   Two flags coordinate this; there is no lock and no cancel scope per event. Below ASGI
-   spec 2.4 the disconnect listener task sends the pings between two waits for
-   ``receive()``; from 2.4 on, one ping task per response does. Either costs one cancel
-   scope per ping interval.
+   Two flags coordinate this; there is no lock and no cancel scope per event. The
+   disconnect listener task sends the pings between two waits for ``receive()``, on
+   every ASGI spec version when pings are on, at the cost of one cancel scope per ping
+   interval. A websocket denial response, which has no listener, sends no pings.
 2. Every event is one ``http.response.body`` message, so a ping never lands inside one.
 3. Pings start after the head and stop before the final empty body message (a ping in
    flight is waited for, never cancelled, unless the response fails).
@@ -40,8 +40,10 @@ Differences from `sse_starlette.EventSourceResponse` (each pinned by a parity te
 - No ``data_sender_callable`` or ``client_close_handler_callable``; the body iterator is
   closed on every exit (sse-starlette closes it only after an encoding or send failure),
   bounded by the class attribute ``cleanup_timeout``.
-- From ASGI spec 2.4 on, a disconnect is noticed as a failed send (Starlette's behaviour),
-  not by a listener task kept for the whole response.
+- With pings on, the disconnect listener runs for the whole response on every ASGI spec
+  version (it sends the pings, and the body is entered and closed inside its task group);
+  from spec 2.4 on a failed send still means the client left (`ClientDisconnect`). With
+  ``ping=0`` the response behaves as `HeaderFirstStreamingResponse`.
 - HEAD sends the same head as GET, the resolver included; as in sse-starlette the body
   iterator is never iterated (it is closed).
 - The options after ``background`` are keyword-only.
@@ -55,14 +57,14 @@ from typing import Any
 
 import anyio
 from starlette.background import BackgroundTask
-from starlette.types import Message, Receive, Send
+from starlette.requests import ClientDisconnect
+from starlette.types import Message, Receive, Scope, Send
 
 from ._resolve import ResolverErrorPolicy
 from ._response import (
     _END,
     _NOT_PEEKED,
     HeaderFirstStreamingResponse,
-    _collapse_excgroups,
 )
 from ._types import EarlyErrorHandler, HeaderResolver, HeaderSource
 
@@ -202,35 +204,37 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse):
         # each send; a ping sets `_ping_in_flight` to an Event that is set when it is done.
         self._event_in_flight = False
         self._ping_in_flight: anyio.Event | None = None
-        # Below spec 2.4: the send the listener pings with, while the body is being sent.
+        # The send the listener pings with, while the body is being sent.
         self._ping_send: Send | None = None
 
     async def _stream_body(self, send: Send, first: Any) -> None:
         if self.send_timeout is not None:
             send = _with_timeout(send, self.send_timeout)
-        if self.ping_interval <= 0:
+        if self.ping_interval <= 0 or self._task_group is None:
+            # No pings, or no listener to send them: a websocket denial response.
             await self._send_events(send, first)
-        elif self._task_group is not None:
-            # Below spec 2.4 the disconnect listener sends the pings (`_listen`): a task
-            # of its own would double the cost of a response.
+        else:
+            # The disconnect listener sends the pings (`_listen`): a task of its own
+            # would double the cost of a response.
             self._ping_send = send
             try:
                 await self._send_events(send, first)
             finally:
                 self._ping_send = None  # no ping starts after this
             await self._wait_for_ping()  # nor does one still in flight overlap the end
-        else:
-            with _collapse_excgroups():
-                async with anyio.create_task_group() as task_group:
-                    stop = anyio.Event()
-                    task_group.start_soon(self._ping, send, stop)
-                    await self._send_events(send, first)
-                    # The ping task returns at once, or after the ping it is sending, and
-                    # the task group waits for it: the end never overlaps a ping. Waking
-                    # it rather than cancelling it never cuts a send in half, and costs
-                    # fewer event-loop passes on asyncio.
-                    stop.set()
         await self._send_last(send, _END)
+
+    async def _call_spec_2_4(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.ping_interval <= 0:
+            await super()._call_spec_2_4(scope, receive, send)
+            return
+        # Pings need a task group, and the body must be entered and closed inside it (a
+        # generator's cancel scope across yields): the whole response runs as below 2.4,
+        # the listener sending the pings; a failed send still means the client left.
+        try:
+            await self._call_listening(scope, receive, send)
+        except OSError as exc:
+            raise ClientDisconnect() from exc
 
     def _encode_first(self, chunk: Any) -> bytes:
         return ensure_bytes(chunk, self.sep)
@@ -285,16 +289,6 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse):
         # task runs again (with a very short interval on a busy loop).
         while (ping := self._ping_in_flight) is not None:
             await ping.wait()
-
-    async def _ping(self, send: Send, stop: anyio.Event) -> None:
-        # From spec 2.4 on, where no listener task runs during the body.
-        interval = self.ping_interval
-        while True:
-            with anyio.move_on_after(interval):
-                await stop.wait()
-            if stop.is_set():
-                return
-            await self._ping_once(send)
 
     async def _ping_once(self, send: Send) -> None:
         if self._event_in_flight:

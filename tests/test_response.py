@@ -622,6 +622,25 @@ async def test_send_failing_on_spec_2_4_raises_client_disconnect_and_closes_the_
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("accept", [0, 1, 2])
+async def test_send_failing_on_spec_2_4_with_a_peek_raises_client_disconnect_and_closes(
+    accept: int,
+) -> None:
+    events: list[str] = []
+    client = LeavingClient(accept=accept)
+    body = tracked(events, b"a", b"b")
+    response = HeaderFirstStreamingResponse(
+        body, peek_first_chunk=True, header_resolver=resolver_of({"x-late": "1"})
+    )
+    with pytest.raises(ClientDisconnect):
+        await call(response, http_scope(spec_version="2.4"), send=client)
+    assert sent(client) == [start(200, [(b"x-late", b"1")]), chunk(b"a")][:accept]
+    assert events == ["body entered", "body closed"]  # entered by the peek
+    assert isinstance(body, types.AsyncGeneratorType)
+    assert body.ag_frame is None
+
+
+@pytest.mark.anyio
 async def test_send_failing_without_options_on_spec_2_4_raises_client_disconnect() -> None:
     events: list[str] = []
     client = LeavingClient(accept=1)
@@ -1537,3 +1556,40 @@ async def test_a_peeked_first_chunk_that_cannot_be_encoded_is_an_early_error(spe
     assert recorder.status == 502
     assert (b"x-a", b"1") in recorder.headers
     assert seen == [None]
+
+
+@pytest.mark.anyio
+@SPECS
+async def test_a_peeked_body_may_hold_a_deadline_across_its_yields(spec: str) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        with anyio.fail_after(60):  # a deadline over the whole upstream stream
+            yield b"a"
+            yield b"b"
+
+    response = HeaderFirstStreamingResponse(
+        body(), peek_first_chunk=True, header_resolver=resolver_of({"x-late": "1"})
+    )
+    recorder = await call(response, http_scope(spec_version=spec))
+    assert sent(recorder) == [start(200, [(b"x-late", b"1")]), chunk(b"a"), chunk(b"b"), END]
+
+
+@pytest.mark.anyio
+@SPECS
+async def test_no_head_goes_out_when_the_request_is_cancelled_during_a_shielded_resolver(
+    spec: str,
+) -> None:
+    async def resolver() -> dict[str, str]:
+        with anyio.CancelScope(shield=True):  # e.g. a limiter write that must not be torn
+            await anyio.sleep(0.1)
+        return {"x-late": "1"}
+
+    body = TrackedBody(b"a")
+    recorder = Recorder()
+    # A request-timeout middleware around the app, or the server cancelling the request.
+    with anyio.move_on_after(0.02) as outer:
+        await HeaderFirstStreamingResponse(body, header_resolver=resolver)(
+            http_scope(spec_version=spec), receive_nothing(), recorder
+        )
+    assert outer.cancelled_caught
+    assert recorder.messages == []
+    assert (body.pulls, body.closes) == (0, 1)
