@@ -29,7 +29,7 @@ Divergences from `starlette.responses.StreamingResponse` (each pinned by a parit
 - Headers are validated before sending; an invalid one gives a 500, never a split head.
 - While the head is held back, a disconnect is watched for on both ASGI paths (Starlette
   watches only below spec 2.4), so that a client that left cancels the resolver.
-- The final body message is shielded from the disconnect listener: a server that closes
+- The disconnect listener never cancels the final body message: a server that closes
   the connection inside it (hypercorn's trio worker, on ``Connection: close``) is not cut
   off half-way, which with Starlette's class leaves the connection open.
 - Background tasks also run after the error responses this class sends itself.
