@@ -257,7 +257,7 @@ class HeaderFirstMiddleware:
         already_in_head = store.sent
         late = store.take()
         if failure is not None:
-            headers, body = plain_error(failure.status, failure.reason, late)
+            headers, body = plain_error(failure.reason, late)
             return {
                 "type": "http.response.start",
                 "status": failure.status,

@@ -16,7 +16,14 @@ import anyio
 from ._headers import render_headers
 from ._types import HeaderSource, RawHeaders
 
-__all__ = ["ResolverErrorPolicy", "ResolverFailed", "check_options", "plain_error", "resolve"]
+__all__ = [
+    "ResolverErrorPolicy",
+    "ResolverFailed",
+    "check_options",
+    "plain_error",
+    "resolve",
+    "without_content_type",
+]
 
 logger = logging.getLogger("header_first_stream")
 
@@ -94,7 +101,7 @@ async def resolve(
         raise ResolverFailed(500, "Internal Server Error") from None
 
 
-def plain_error(status: int, reason: str, late: RawHeaders) -> tuple[RawHeaders, bytes]:
+def plain_error(reason: str, late: RawHeaders) -> tuple[RawHeaders, bytes]:
     """The head and body of an error answered instead of the response.
 
     Short and generic on purpose: the exception is logged, never sent. The request's late

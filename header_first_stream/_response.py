@@ -130,7 +130,7 @@ def _simple(status: int, raw_headers: RawHeaders, body: bytes | memoryview) -> _
 
 
 def _plain_error(status: int, reason: str, late: RawHeaders) -> _Plan:
-    return _simple(status, *plain_error(status, reason, late))
+    return _simple(status, *plain_error(reason, late))
 
 
 def _default_early_error() -> Response:
@@ -249,8 +249,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             else:
                 await self._call_listening(scope, receive, send)
         finally:
-            if not self._closed and self._needs_closing():
-                await self._close_body()
+            await self._close_once()
         if self.background is not None:
             await self.background()
 
@@ -339,10 +338,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
                 listening.cancel()
             await self._stream(scope, send, plan)
         finally:
-            # Closed in the task that iterated it, in that task's context.
-            if self._needs_closing():
-                await self._close_body()
-            self._closed = True
+            await self._close_once()  # in the task that iterated it, in its context
         task_group.cancel_scope.cancel()
 
     async def _prepare(self, scope: Scope) -> _Plan:
@@ -465,10 +461,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
 
     def _encode_first(self, chunk: Any) -> bytes | memoryview:
         """Encode the peeked first chunk; a subclass that encodes differently overrides it."""
-        return self._encode(chunk)
-
-    def _encode(self, chunk: Any) -> bytes | memoryview:
-        if isinstance(chunk, bytes | memoryview):
+        if isinstance(chunk, _BYTES_TYPES):
             return chunk
         return chunk.encode(self.charset)  # type: ignore[no-any-return]
 
@@ -485,6 +478,15 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             return True
         sync = self._sync_content
         return hasattr(sync, "close") and not isinstance(sync, types.GeneratorType)
+
+    async def _close_once(self) -> None:
+        # Called where the response ends in the task that iterated the body, and again
+        # by `__call__` for every other exit; only the first call closes.
+        if self._closed:
+            return
+        self._closed = True
+        if self._needs_closing():
+            await self._close_body()
 
     async def _close_body(self) -> None:
         # Shielded: on a disconnect this runs inside a cancelled scope, and the

@@ -259,7 +259,7 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse):
     async def _send_events(self, send: Send, first: Any) -> None:
         sep = self.sep
         if first is not _NOT_PEEKED:
-            # No ping can be in flight yet: the ping task has not passed its first wait.
+            # No ping can be in flight yet: pings start only once this method has begun.
             self._event_in_flight = True  # `first` was encoded by `_encode_first`
             await send({"type": "http.response.body", "body": first, "more_body": True})
             self._event_in_flight = False
