@@ -129,3 +129,26 @@ async def call(
     recorder = send if send is not None else Recorder()
     await app(scope or http_scope(), receive or receive_nothing(), recorder)
     return recorder
+
+
+# Shared expectations of the tier-1 tests.
+
+LOGGER = "header_first_stream"
+
+
+def start(status: int, headers: list[tuple[bytes, bytes]]) -> Message:
+    """An ``http.response.start`` message as this package sends it."""
+    return {"type": "http.response.start", "status": status, "headers": headers}
+
+
+def chunk(body: bytes, more: bool = True) -> Message:
+    """An ``http.response.body`` message."""
+    return {"type": "http.response.body", "body": body, "more_body": more}
+
+
+END = chunk(b"", more=False)
+
+
+def sent(recorder: Recorder) -> list[Message]:
+    """The messages a recorder saw, without their times."""
+    return [message for _, message in recorder.messages]
