@@ -7,6 +7,7 @@ can show *when* a message went out.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -152,3 +153,13 @@ END = chunk(b"", more=False)
 def sent(recorder: Recorder) -> list[Message]:
     """The messages a recorder saw, without their times."""
     return [message for _, message in recorder.messages]
+
+
+async def wait_until(condition: Callable[[], bool], seconds: float) -> None:
+    """Poll ``condition`` until it holds; fail after ``seconds``.
+
+    For effects that no event announces (a generator's ``finally``, a log line).
+    """
+    with anyio.fail_after(seconds):
+        while not condition():  # noqa: ASYNC110 - nothing to wait on but the condition
+            await anyio.sleep(0.01)
