@@ -45,8 +45,8 @@ from __future__ import annotations
 
 import logging
 import types
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext, suppress
 from typing import Any, NamedTuple
 
 import anyio
@@ -68,7 +68,7 @@ from ._resolve import (
     resolve,
     without_content_type,
 )
-from ._shutdown import check_shutdown_options, wait_for_server_exit
+from ._shutdown import check_shutdown_options, watch_server_exit
 from ._types import ChunkHeaderResolver, EarlyErrorHandler, HeaderResolver, RawHeaders
 
 __all__ = ["HeaderFirstStreamingResponse"]
@@ -121,6 +121,13 @@ def _deny_websocket(send: Send) -> Send:
 
     return wrapped
 
+
+def _nothing() -> None:
+    pass
+
+
+# Entered where no scope is needed: cheaper than a CancelScope of its own.
+_NO_SCOPE = nullcontext()
 
 # Parsed spec versions; a server sends the same string on every request.
 _SPEC_AT_LEAST_2_4: dict[str, bool] = {}
@@ -304,7 +311,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             if scope["type"] == "websocket":
-                await self._respond(scope, _deny_websocket(send), None)
+                await self._respond(scope, _deny_websocket(send))
             elif not _spec_at_least_2_4(scope):
                 await self._respond_listening(scope, receive, send, to_the_end=True)
             else:
@@ -316,7 +323,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
                     elif self._head_waits():
                         await self._respond_listening(scope, receive, send, to_the_end=False)
                     else:
-                        await self._respond(scope, send, None)
+                        await self._respond(scope, send)
                 except OSError as exc:
                     raise ClientDisconnect() from exc
         finally:
@@ -345,22 +352,32 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         # the head went out; the group's end stops whatever still runs.
         with _collapse_excgroups():
             async with anyio.create_task_group() as group:
-                listening = anyio.CancelScope()
+                listening = None if to_the_end else anyio.CancelScope()
                 group.start_soon(self._listen, receive, group.cancel_scope, listening)
-                if not _is_head(scope):  # HEAD sends no body, so nothing runs beside it
-                    self._start_tasks(group)
-                await self._respond(scope, send, None if to_the_end else listening)
+                # HEAD sends no body, so nothing runs beside it.
+                stop = _nothing if _is_head(scope) else self._start_tasks(group)
+                try:
+                    await self._respond(scope, send, watched=True, listening=listening)
+                finally:
+                    stop()
                 group.cancel_scope.cancel()
 
-    def _start_tasks(self, group: anyio.abc.TaskGroup) -> None:
-        """Start the tasks that run beside the response (a subclass adds its own)."""
-        if self.end_on_shutdown:
-            group.start_soon(self._end_on_server_exit, group.cancel_scope)
+    def _start_tasks(self, group: anyio.abc.TaskGroup) -> Callable[[], None]:
+        """Start what runs beside the body; return the call that stops it.
+
+        A subclass adds its own tasks here (and says so in `_listens_to_the_end`).
+        """
+        if not self.end_on_shutdown:
+            return _nothing
+        return watch_server_exit(group, lambda: self._on_server_exit(group))
 
     async def _listen(
-        self, receive: Receive, response: anyio.CancelScope, listening: anyio.CancelScope
+        self,
+        receive: Receive,
+        response: anyio.CancelScope,
+        listening: anyio.CancelScope | None,
     ) -> None:
-        with listening:  # cancelled by the response once its head is out, when it may
+        with listening or _NO_SCOPE:  # cancelled by the response once its head is out
             await self._wait_for_disconnect(receive)
             # A disconnect seen while the last message is being sent must not cut that
             # send short (see `_send_last`): the group waits for it instead.
@@ -371,35 +388,50 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         """The listener's wait; a subclass may do more while it waits (pings)."""
         await self.listen_for_disconnect(receive)
 
-    async def _wait_for_server_exit(self) -> None:
-        """Return when the server shuts down (`_shutdown`); a subclass may wait otherwise."""
-        await wait_for_server_exit()
-
-    async def _end_on_server_exit(self, response: anyio.CancelScope) -> None:
-        await self._wait_for_server_exit()
+    def _on_server_exit(self, group: anyio.abc.TaskGroup) -> None:
         if self.shutdown_event is not None:
             self.shutdown_event.set()
         if self.shutdown_grace_period > 0:
             # A body that ends by itself meanwhile ends the group, and this wait with it.
-            await anyio.sleep(self.shutdown_grace_period)
-        if not self._ending:
+            group.start_soon(self._cut_off, group.cancel_scope, self.shutdown_grace_period)
+        else:
+            self._cut_off_now(group.cancel_scope)
+
+    async def _cut_off(self, response: anyio.CancelScope, after: float) -> None:
+        await anyio.sleep(after)
+        self._cut_off_now(response)
+
+    def _cut_off_now(self, response: anyio.CancelScope) -> None:
+        if not self._ending:  # the final message is on its way: let it finish
             logger.info("server shutting down: ending an open stream")
             response.cancel()
 
-    async def _respond(self, scope: Scope, send: Send, listening: anyio.CancelScope | None) -> None:
-        """Decide the head, send it and the body, then close the body, in this task."""
+    async def _respond(
+        self,
+        scope: Scope,
+        send: Send,
+        *,
+        watched: bool = False,
+        listening: anyio.CancelScope | None = None,
+    ) -> None:
+        """Decide the head, send it and the body, then close the body, in this task.
+
+        ``watched``: a listener runs beside; ``listening``: its scope, to cancel once the
+        head is out (``None`` when it listens to the end).
+        """
         try:
             if self._own_stream_response:
                 with suppress(_Answered):
                     await self.stream_response(_HeadFirstSend(self, scope, send, listening))
                 return
             prepared = await self._prepare(scope)
-            # The client left, or the request was cancelled, while the head was held
-            # back: send nothing, even if the resolver ended without noticing (a
-            # shielded scope, a worker thread). Raises only then.
-            await anyio.lowlevel.checkpoint_if_cancelled()
-            if listening is not None:
-                listening.cancel()
+            if watched:
+                # The client left, or the request was cancelled, while the head was held
+                # back: send nothing, even if the resolver ended without noticing (a
+                # shielded scope, a worker thread). Raises only then.
+                await anyio.lowlevel.checkpoint_if_cancelled()
+                if listening is not None:
+                    listening.cancel()
             await self._send_prepared(scope, send, prepared)
         finally:
             await self._close_once()  # in the task that iterated it, in its context

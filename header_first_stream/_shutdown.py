@@ -2,15 +2,16 @@
 
 A server's graceful shutdown waits for open responses; an endless stream (SSE, a long LLM
 completion) would hold it until the server's own timeout, or forever. Responses created
-with ``end_on_shutdown=True`` wait here, beside their body, and end when this returns.
+with ``end_on_shutdown=True`` register here, and are told when the server exits.
 
 Invariants:
 
 1. Nothing is process-global or patched: the waiting state lives in an anyio `RunVar`, one
    per event loop, and the sources below are only read.
-2. However many streams wait, one task per event loop polls (every `POLL_INTERVAL`
-   seconds); the others sleep until it wakes them. When the polling task's response ends,
-   it hands the polling to one sleeper.
+2. However many streams watch, one task per event loop polls (every `POLL_INTERVAL`
+   seconds), started in the task group of a watching stream; a stream adds no task of its
+   own, only a callback. When the polling task's stream ends, the polling moves to the
+   group of a stream still watching.
 
 Sources of "the server is exiting", any of which ends the wait:
 
@@ -27,49 +28,74 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable, Iterable
 
 import anyio
+import anyio.abc
 from anyio.lowlevel import RunVar
 
-__all__ = ["POLL_INTERVAL", "begin_shutdown", "check_shutdown_options", "wait_for_server_exit"]
+__all__ = [
+    "POLL_INTERVAL",
+    "begin_shutdown",
+    "check_shutdown_options",
+    "wait_for_server_exit",
+    "watch_server_exit",
+]
 
 POLL_INTERVAL = 0.5
 """Seconds between two looks at the server's exit flag, by one task per event loop."""
 
 
-class _Waiters:
-    """The streams of one event loop that wait for the server to exit."""
+class _Watchers:
+    """The streams of one event loop that end when the server exits."""
 
-    __slots__ = ("exiting", "polling", "sleepers")
+    __slots__ = ("exiting", "noticed", "polling", "watching")
 
     def __init__(self) -> None:
         self.exiting = False  # begin_shutdown() was called in this event loop
+        self.noticed = False  # the exit was noticed and every stream told
         self.polling: anyio.CancelScope | None = None  # the polling task's sleep
-        self.sleepers: set[anyio.CancelScope] = set()
+        # Each watching stream's callback, and the task group the polling may run in.
+        self.watching: dict[Callable[[], None], anyio.abc.TaskGroup] = {}
 
-    def wake(self, *, everyone: bool) -> None:
-        if everyone:
-            for scope in self.sleepers:
-                scope.cancel()
-            if self.polling is not None:
-                self.polling.cancel()
-        elif self.sleepers:
-            self.sleepers.pop().cancel()  # it takes the polling over
+    def start_polling(self, candidates: Iterable[anyio.abc.TaskGroup]) -> None:
+        # In a group that is not being cancelled: a task started there would end at once
+        # and hand the polling straight back.
+        for group in candidates:
+            if not group.cancel_scope.cancel_called:
+                self.polling = anyio.CancelScope()
+                group.start_soon(self._poll, self.polling)
+                return
+
+    async def _poll(self, polling: anyio.CancelScope) -> None:
+        try:
+            with polling:
+                while not _server_exiting(self):  # noqa: ASYNC110 - no signal to wait on
+                    await anyio.sleep(POLL_INTERVAL)
+        finally:  # also when this stream's group ends and cancels the polling
+            self.polling = None
+            if _server_exiting(self):
+                self.noticed = True
+                watching, self.watching = self.watching, {}
+                for on_exit in watching:
+                    on_exit()
+            else:  # a stream still watching polls from now on
+                self.start_polling(self.watching.values())
 
 
-_WAITERS: RunVar[_Waiters | None] = RunVar("header_first_stream.shutdown", default=None)
+_WATCHERS: RunVar[_Watchers | None] = RunVar("header_first_stream.shutdown", default=None)
 
 
-def _waiters() -> _Waiters:
-    waiters = _WAITERS.get()
-    if waiters is None:
-        waiters = _Waiters()
-        _WAITERS.set(waiters)
-    return waiters
+def _watchers() -> _Watchers:
+    watchers = _WATCHERS.get()
+    if watchers is None:
+        watchers = _Watchers()
+        _WATCHERS.set(watchers)
+    return watchers
 
 
-def _server_exiting(waiters: _Waiters) -> bool:
-    if waiters.exiting:
+def _server_exiting(watchers: _Watchers) -> bool:
+    if watchers.exiting:
         return True
     sse = sys.modules.get("sse_starlette.sse")
     app_status = getattr(sse, "AppStatus", None)
@@ -93,32 +119,45 @@ def begin_shutdown() -> None:
 
     Must be called in the server's event loop (from async code, or a callback it runs).
     """
-    waiters = _waiters()
-    waiters.exiting = True
-    waiters.wake(everyone=True)
+    watchers = _watchers()
+    watchers.exiting = True
+    if watchers.polling is not None:
+        watchers.polling.cancel()  # the polling task notices at once
+    else:
+        watchers.start_polling(watchers.watching.values())
+
+
+def watch_server_exit(
+    group: anyio.abc.TaskGroup, on_exit: Callable[[], None]
+) -> Callable[[], None]:
+    """Call ``on_exit`` once the server exits; return the call that stops watching.
+
+    ``group`` is the watching stream's task group, where the polling task may run; stop
+    watching before that group ends. Costs no task per stream (invariant 2).
+    """
+    watchers = _watchers()
+    if watchers.noticed:
+        on_exit()
+        return _nothing
+    watchers.watching[on_exit] = group
+    if watchers.polling is None:
+        watchers.start_polling((group,))
+
+    def unwatch() -> None:
+        watchers.watching.pop(on_exit, None)
+
+    return unwatch
+
+
+def _nothing() -> None:
+    pass
 
 
 async def wait_for_server_exit() -> None:
-    """Return once the server is shutting down (see the module docstring)."""
-    waiters = _waiters()
-    while not _server_exiting(waiters):
-        if waiters.polling is None:
-            waiters.polling = polling = anyio.CancelScope()
-            try:
-                with polling:
-                    # Polling: nothing would set an Event when a signal arrives.
-                    while not _server_exiting(waiters):  # noqa: ASYNC110
-                        await anyio.sleep(POLL_INTERVAL)
-            finally:
-                waiters.polling = None
-                waiters.wake(everyone=_server_exiting(waiters))
-            return
-        with anyio.CancelScope() as sleeping:
-            waiters.sleepers.add(sleeping)
-            try:
-                await anyio.sleep_forever()
-            finally:
-                waiters.sleepers.discard(sleeping)
+    """Return once the server is shutting down (polls; for code that waits by itself)."""
+    watchers = _watchers()
+    while not _server_exiting(watchers):  # noqa: ASYNC110 - no signal to wait on
+        await anyio.sleep(POLL_INTERVAL)
 
 
 def check_shutdown_options(

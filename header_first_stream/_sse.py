@@ -83,6 +83,17 @@ __all__ = ["HeaderFirstEventSourceResponse"]
 
 _HTTP_1 = ("1.1", "1.0")
 
+
+def _nothing() -> None:
+    pass
+
+
+def _replaced(response: object, name: str) -> bool:
+    """Whether ``name`` is no longer `HeaderFirstEventSourceResponse`'s own method."""
+    method = getattr(response, name)
+    return getattr(method, "__func__", method) is not getattr(HeaderFirstEventSourceResponse, name)
+
+
 # With peek_first_chunk=True the resolver gets the first item as the iterator yielded it.
 _EventHeaderResolver = Callable[[Any], Awaitable[HeaderSource]]
 
@@ -244,12 +255,11 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse, EventSourceRe
     async def _listen_for_exit_signal(self) -> None:  # type: ignore[override]
         """Return when the server shuts down: sse-starlette's hook, with our anyio watcher.
 
-        An instance may replace it, as sse-starlette's own tests and users do.
+        Not called unless replaced: a stream watches through `_shutdown` at no task's
+        cost. An instance or subclass may replace it, as sse-starlette's tests and users
+        do; the stream then ends when the replacement returns.
         """
         await wait_for_server_exit()
-
-    async def _wait_for_server_exit(self) -> None:
-        await self._listen_for_exit_signal()
 
     def _listens_to_the_end(self) -> bool:
         return (
@@ -259,10 +269,19 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse, EventSourceRe
             or super()._listens_to_the_end()
         )
 
-    def _start_tasks(self, group: anyio.abc.TaskGroup) -> None:
-        super()._start_tasks(group)
+    def _start_tasks(self, group: anyio.abc.TaskGroup) -> Callable[[], None]:
         if self.data_sender_callable is not None:
             group.start_soon(self.data_sender_callable)
+        if self.end_on_shutdown and _replaced(self, "_listen_for_exit_signal"):
+            # sse-starlette's hook, replaced on the instance (as its users and tests do):
+            # the stream ends when it returns.
+            group.start_soon(self._end_when_exit_signalled, group)
+            return _nothing
+        return super()._start_tasks(group)
+
+    async def _end_when_exit_signalled(self, group: anyio.abc.TaskGroup) -> None:
+        await self._listen_for_exit_signal()
+        self._on_server_exit(group)
 
     async def _send_body(self, send: Send, first_chunk: bytes | memoryview | None) -> None:
         events_send = send if self.send_timeout is None else _with_timeout(send, self.send_timeout)

@@ -260,3 +260,16 @@ async def test_a_shutdown_during_the_final_message_lets_it_finish() -> None:
         release.set()
     assert [m for _, m in recorder.messages][-1] == END
     assert response._closed
+
+
+async def test_sse_starlettes_exit_hook_replaced_on_an_instance_ends_the_stream() -> None:
+    log: list[str] = []
+    exit_now = anyio.Event()
+
+    async def wait_for_exit() -> None:
+        await exit_now.wait()
+
+    response = HeaderFirstEventSourceResponse(endless(log), ping=0)
+    response._listen_for_exit_signal = wait_for_exit  # type: ignore[method-assign]
+    await run_until_shutdown(response, exit_now.set, within=1)
+    assert log == ["finally"]
