@@ -138,9 +138,7 @@ def programs() -> list[Program]:
 
 
 PROGRAMS = programs()
-FRAGMENTS = [
-    b for page in PAGES for b in blocks(page) if b.lang == "python" and b.title is None
-]
+FRAGMENTS = [b for page in PAGES for b in blocks(page) if b.lang == "python" and b.title is None]
 
 
 def test_every_page_that_teaches_has_programs() -> None:
@@ -216,4 +214,3 @@ def test_the_parser_reads_the_convention(tmp_path: Path) -> None:
         ("uvicorn app:app", ""),
         ("curl -s http://127.0.0.1:8000/", "hello\nworld"),
     ]
-
