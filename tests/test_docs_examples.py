@@ -25,6 +25,7 @@ import ast
 import importlib.util
 import re
 import shlex
+import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,6 +176,7 @@ def test_program_serves_what_the_page_shows(program: Program, tmp_path: Path) ->
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
 
+    assert shutil.which("curl"), "curl is not installed (scripts/test installs it with apt-get)"
     with serve(module.app, "uvicorn-httptools") as url:
         port = url.rsplit(":", 1)[1]
         for command, expected in program.commands:
