@@ -123,7 +123,10 @@ def wheel_contents(wheel: Path) -> dict[str, bytes]:
 def check_wheel(wheel: Path, version: str) -> None:
     contents = wheel_contents(wheel)
     dist_info = f"header_first_stream-{version}.dist-info"
-    modules = sorted(p.name for p in (ROOT / PACKAGE).glob("*.py"))
+    # The package's committed modules: a stray file in the checkout must not ship.
+    modules = sorted(
+        Path(p).name for p in run("git", "-C", ROOT, "ls-files", f"{PACKAGE}/*.py").split()
+    )
     expected = {f"{PACKAGE}/{name}" for name in modules} | {
         f"{PACKAGE}/py.typed",
         f"{dist_info}/METADATA",
@@ -189,6 +192,12 @@ def check_sdist(sdist: Path, wheel: Path, work: Path) -> None:
     top = names[0].split("/")[0]
     for required in ("pyproject.toml", "LICENSE", "README.md", f"{PACKAGE}/py.typed"):
         check(f"{top}/{required}" in names, f"the sdist lacks {required}")
+    # Nothing but committed files (no .venv, site/, caches, patch leftovers).
+    tracked = set(run("git", "-C", ROOT, "ls-files").splitlines())
+    with tarfile.open(sdist) as archive:
+        files = [m.name.split("/", 1)[1] for m in archive.getmembers() if m.isfile()]
+    untracked = sorted(set(files) - tracked - {"PKG-INFO"})
+    check(not untracked, f"the sdist holds files that are not in git: {untracked}")
     rebuilt_dir = work / "from-sdist"
     build(work / "sdist" / top, rebuilt_dir, "--wheel")
     rebuilt = only(rebuilt_dir, "*.whl")
