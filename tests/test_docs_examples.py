@@ -122,9 +122,9 @@ def parse_console(code: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def programs() -> list[Program]:
+def programs(pages: list[Path]) -> list[Program]:
     found: list[Program] = []
-    for page in PAGES:
+    for page in pages:
         current: Program | None = None
         for block in blocks(page):
             if block.lang == "python" and block.title is not None:
@@ -138,7 +138,7 @@ def programs() -> list[Program]:
     return found
 
 
-PROGRAMS = programs()
+PROGRAMS = programs(PAGES)
 FRAGMENTS = [b for page in PAGES for b in blocks(page) if b.lang == "python" and b.title is None]
 
 
@@ -160,6 +160,11 @@ def _strip_server_headers(output: str) -> str:
 
 @pytest.mark.parametrize("program", PROGRAMS, ids=lambda p: p.id)
 def test_program_serves_what_the_page_shows(program: Program, tmp_path: Path) -> None:
+    check_program(program, tmp_path)
+
+
+def check_program(program: Program, tmp_path: Path) -> None:
+    """Serve the program's ``app`` and run its page's curl commands; assert the output."""
     block = program.block
     assert block.title is not None and block.title.endswith(".py")
     module_name = block.title.removesuffix(".py")
@@ -191,6 +196,50 @@ def test_program_serves_what_the_page_shows(program: Program, tmp_path: Path) ->
             assert result.returncode == 0, f"{command}: {result.stderr.decode()}"
             actual = _strip_server_headers(result.stdout.decode())
             assert actual == expected.rstrip("\n"), f"{program.id}: {command}\n{actual}"
+
+
+HELLO_APP = (
+    "from starlette.applications import Starlette\n"
+    "from starlette.responses import PlainTextResponse\n"
+    "from starlette.routing import Route\n\n\n"
+    "async def hello(request):\n"
+    "    return PlainTextResponse('hello')\n\n\n"
+    "app = Starlette(routes=[Route('/', hello)])\n"
+)
+
+
+def _page(tmp_path: Path, program: str, console: str) -> Program:
+    page = tmp_path / "page.md"
+    page.write_text(f'```python title="app.py"\n{program}```\n\n```console\n{console}```\n')
+    (found,) = programs([page])
+    return found
+
+
+def test_a_program_that_prints_what_its_page_shows_passes(tmp_path: Path) -> None:
+    console = "$ uvicorn app:app\n$ curl -s http://127.0.0.1:8000/\nhello\n"
+    check_program(_page(tmp_path, HELLO_APP, console), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("program", "console", "message"),
+    [
+        (HELLO_APP, "$ uvicorn app:app\n$ curl -s http://127.0.0.1:8000/\ngoodbye\n", "hello"),
+        (
+            "raise RuntimeError('broken example')\n",
+            "$ uvicorn app:app\n$ curl -s http://127.0.0.1:8000/\nhello\n",
+            "broken example",
+        ),
+        (HELLO_APP, "$ uvicorn app:app\n", "no `$ curl` command"),
+        (HELLO_APP, "$ curl -s http://127.0.0.1:8000/\nhello\n", "must start with"),
+        (HELLO_APP, "$ uvicorn app:app\n$ curl -s http://127.0.0.1:8000/nope\nhello\n", "Not"),
+    ],
+    ids=["wrong-output", "raises", "no-curl", "no-uvicorn", "wrong-path"],
+)
+def test_a_program_that_does_not_print_what_its_page_shows_fails(
+    tmp_path: Path, program: str, console: str, message: str
+) -> None:
+    with pytest.raises((AssertionError, RuntimeError), match=re.escape(message)):
+        check_program(_page(tmp_path, program, console), tmp_path)
 
 
 def test_the_parser_reads_the_convention(tmp_path: Path) -> None:
