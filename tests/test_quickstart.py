@@ -21,7 +21,6 @@ ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "examples" / "quickstart.py"
 START_MARKER = "# --- quickstart start ---"
 END_MARKER = "# --- quickstart end ---"
-README_PLACEHOLDER = "QUICKSTART"
 
 STARTUP_TIMEOUT = 15.0
 WAIT = 5.0
@@ -46,28 +45,21 @@ def _snippet() -> str:
     return "\n".join(lines[start + 1 : end]).strip("\n")
 
 
-def _readme_quickstart_block() -> str | None:
-    """The first ```python block in the README's "## Quick start" section, if any."""
+def _readme_quickstart_block() -> str:
+    """The first ```python block in the README's "## Quick start" section."""
     lines = (ROOT / "README.md").read_text().splitlines()
-    if "## Quick start" not in lines:
-        return None
+    assert "## Quick start" in lines, 'README.md has no "## Quick start" section'
     section = lines[lines.index("## Quick start") + 1 :]
     for i, line in enumerate(section):
-        if line.startswith("## "):
-            return None
+        assert not line.startswith("## "), 'no ```python block under "## Quick start"'
         if line.strip() == "```python":
             end = section.index("```", i + 1)
             return "\n".join(section[i + 1 : end]).strip("\n")
-    return None
+    raise AssertionError('no ```python block under "## Quick start"')
 
 
 def test_readme_quotes_the_quickstart_exactly() -> None:
-    block = _readme_quickstart_block()
-    if block is None:
-        pytest.skip('README.md has no ```python block under "## Quick start" yet')
-    if block == README_PLACEHOLDER:
-        pytest.skip("README.md's quick-start block is still the QUICKSTART placeholder")
-    assert block == _snippet()
+    assert _readme_quickstart_block() == _snippet()
 
 
 def test_quickstart_snippet_fits_in_15_lines() -> None:
