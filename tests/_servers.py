@@ -42,9 +42,9 @@ def _bound_socket() -> socket.socket:
 def _uvicorn(app: ASGIApp, http: str, sock: socket.socket, **config: Any) -> Iterator[None]:
     import uvicorn
 
-    server = uvicorn.Server(
-        uvicorn.Config(app, http=http, lifespan="off", log_level="warning", **config)
-    )
+    # Defaults that a test may override (lifespan="on" to run the app's start-up).
+    options: dict[str, Any] = {"lifespan": "off", "log_level": "warning", **config}
+    server = uvicorn.Server(uvicorn.Config(app, http=http, **options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + STARTUP_TIMEOUT
