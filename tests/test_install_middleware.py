@@ -110,7 +110,8 @@ async def test_an_app_given_the_middleware_in_its_constructor_is_not_given_it_tw
 def test_before_start_up_it_goes_outside_the_apps_own_middleware_as_add_middleware_does() -> None:
     app = starlette_app(middleware=[Middleware(GZipMiddleware)])
     assert install_middleware(app) is True
-    assert [m.cls for m in app.user_middleware] == [HeaderFirstMiddleware, GZipMiddleware]
+    classes: list[object] = [m.cls for m in app.user_middleware]
+    assert classes == [HeaderFirstMiddleware, GZipMiddleware]
 
 
 # --- after the stack was built --------------------------------------------------------
