@@ -38,7 +38,8 @@ def main(server: str, directory: str, module: str, fd: str) -> None:
         hypercorn_config = Config()
         hypercorn_config.bind = [f"fd://{sock.detach()}"]
         hypercorn_config.accesslog = None
-        trio.run(functools.partial(serve, _lifespan_optional(app), hypercorn_config))
+        served: Any = _lifespan_optional(app)  # hypercorn types the app more narrowly
+        trio.run(functools.partial(serve, served, hypercorn_config))
     else:
         raise SystemExit(f"unknown server {server!r}: use uvicorn or hypercorn-trio")
 
