@@ -87,6 +87,11 @@ class HeaderFirstMiddleware:
       headers, the exception logged with the path; the app is then cancelled, and anything
       it still sends is dropped. With ``on_resolver_error="degrade"`` the response goes out
       without the resolver's headers, logged at WARNING.
+    - ``resolver`` runs in the request's own context, in the task that sends the first
+      body message: context variables the app set while handling the request are visible
+      to it, and so are ``late_headers()``/``add_late_headers()`` without a request. So is
+      the code of a streamed body up to its first chunk, which still runs while the head
+      is held (except context variables set in a sync endpoint's worker thread).
     - The middleware never calls ``receive`` itself (the app owns it): a resolver running
       for a client that left is bounded by ``resolver_timeout``, not cancelled.
     - The app's own head is passed on as the app built it (names of the headers it merges
