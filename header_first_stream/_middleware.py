@@ -41,6 +41,10 @@ __all__ = ["HeaderFirstMiddleware", "ScopeHeaderResolver"]
 
 logger = logging.getLogger("header_first_stream")
 
+_AnyASGIApp: TypeAlias = Callable[..., Awaitable[None]]
+# Litestar, Quart and Falcon type their ASGI callables with narrower scopes and messages
+# than Starlette's `ASGIApp`; the middleware takes any of them as it is.
+
 ScopeHeaderResolver: TypeAlias = Callable[[Scope], Awaitable[HeaderSource]]
 """An async callable taking the request's ASGI scope and returning late headers."""
 
@@ -132,7 +136,8 @@ class HeaderFirstMiddleware:
         plain dict.
 
     Args:
-        app: The ASGI app to wrap.
+        app: The ASGI app to wrap, whatever built it (Starlette, FastAPI, Litestar,
+            Django, Quart, Falcon, or a bare ASGI callable).
         resolver: An optional async callable taking the request's ASGI scope and returning
             more headers, as a mapping or (name, value) pairs (`int` values rendered as
             decimal text); awaited once per request, when the head is about to go out. It
@@ -149,7 +154,7 @@ class HeaderFirstMiddleware:
 
     def __init__(
         self,
-        app: ASGIApp,
+        app: _AnyASGIApp,
         *,
         resolver: ScopeHeaderResolver | None = None,
         resolver_timeout: float | None = None,
@@ -158,7 +163,7 @@ class HeaderFirstMiddleware:
         check_options(
             "resolver", resolver, resolver_timeout, on_resolver_error, " taking the ASGI scope"
         )
-        self.app = app
+        self.app: ASGIApp = app
         self.resolver = resolver
         self.resolver_timeout = resolver_timeout
         self.on_resolver_error = on_resolver_error

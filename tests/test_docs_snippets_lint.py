@@ -1,7 +1,9 @@
-"""The programs in docs/ pass the project's ruff rules as a user's own file would.
+"""The programs in docs/ pass the project's ruff rules and mypy --strict as a user's file would.
 
 Each is linted alone, as ``app.py`` in an empty directory (so that ``header_first_stream``
 is a third-party import there, as in a user's project), with the rules of pyproject.toml.
+mypy checks them all in one run, with the project's cache (scripts/check filled it for
+the same frameworks, which tests/test_frameworks.py imports).
 """
 
 from __future__ import annotations
@@ -51,3 +53,26 @@ def test_the_program_is_ruff_clean(name: str, tmp_path: Path) -> None:
         timeout=60,
     )
     assert style.returncode == 0, style.stdout + style.stderr
+
+
+def test_the_programs_pass_mypy_strict(tmp_path: Path) -> None:
+    for index, source in enumerate(PROGRAMS.values()):
+        (tmp_path / f"program_{index}.py").write_text(source, encoding="utf-8")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--ignore-missing-imports",  # Django ships no type information
+            "--cache-dir",
+            str(ROOT / ".mypy_cache"),
+            *sorted(path.name for path in tmp_path.glob("program_*.py")),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(f"Success: no issues found in {len(PROGRAMS)} source files")

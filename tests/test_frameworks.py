@@ -108,7 +108,7 @@ def litestar_app(gate: Gate) -> ASGIApp:
         add_late_headers({"x-handler": "litestar"})
         return Stream(gate.chunks(), media_type="text/plain")
 
-    return HeaderFirstMiddleware(Litestar(route_handlers=[stream]))  # type: ignore[arg-type]
+    return HeaderFirstMiddleware(Litestar(route_handlers=[stream]))
 
 
 def quart_app(gate: Gate) -> ASGIApp:
@@ -120,7 +120,7 @@ def quart_app(gate: Gate) -> ASGIApp:
         add_late_headers({"x-handler": "quart"})
         return gate.chunks(), 200, {"content-type": "text/plain"}
 
-    return HeaderFirstMiddleware(app)  # type: ignore[arg-type]
+    return HeaderFirstMiddleware(app)
 
 
 def falcon_app(gate: Gate) -> ASGIApp:
@@ -133,7 +133,7 @@ def falcon_app(gate: Gate) -> ASGIApp:
 
     app = falcon.asgi.App()
     app.add_route("/stream", StreamResource())
-    return HeaderFirstMiddleware(app)  # type: ignore[arg-type]
+    return HeaderFirstMiddleware(app)
 
 
 def django_app(gate: Gate, *, sync: bool = False) -> ASGIApp:
