@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import starlette
@@ -135,6 +136,31 @@ async def test_after_the_stack_was_built_it_wraps_it_once(make_app: Any) -> None
     after = await call(app)
     assert after.headers == [*JSON_HEAD, (b"x-rate", b"41"), (b"x-resolver-calls", b"1")]
     assert after.body == b'{"ok":true}'
+
+
+@pytest.mark.anyio
+async def test_a_request_in_flight_during_a_late_install_finishes_without_it() -> None:
+    entered, release = anyio.Event(), anyio.Event()
+    added: list[bool] = []
+
+    async def slow(request: Request) -> Response:
+        entered.set()
+        await release.wait()
+        added.append(add_late_headers({"x-rate": 1}))
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/", slow)])
+    in_flight = Recorder()
+    with anyio.fail_after(WAIT):
+        async with anyio.create_task_group() as group:
+            group.start_soon(call, app, None, None, in_flight)
+            await entered.wait()
+            assert install_middleware(app) is True
+            release.set()
+        after = await call(app)
+    assert added == [False, True]
+    assert in_flight.headers == JSON_HEAD
+    assert after.headers == [*JSON_HEAD, (b"x-rate", b"1")]
 
 
 @pytest.mark.anyio
