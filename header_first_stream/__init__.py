@@ -3,14 +3,17 @@
 `HeaderFirstStreamingResponse` holds back its head until an async header resolver has
 returned; `normalize_response` gives plain-dict results the ``_hidden_params`` that
 LiteLLM-style hooks write headers into; `late_headers` is a request-scoped place to put
-headers from anywhere that handles the request.
+headers from anywhere that handles the request, and `add_late_headers` its never-raising
+form for hook authors; `install_middleware` adds `HeaderFirstMiddleware` to an app, even
+one that has started.
 """
 
 # Aliased: the package namespace holds only the public names (tests/test_public_api.py).
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from ._headers import HeaderValidationError
-from ._late import LateHeaders, late_headers
+from ._install import install_middleware
+from ._late import LateHeaders, add_late_headers, late_headers
 from ._middleware import HeaderFirstMiddleware, ScopeHeaderResolver
 from ._normalize import HiddenParamsDict, get_additional_headers, normalize_response
 from ._response import HeaderFirstStreamingResponse
@@ -34,8 +37,10 @@ __all__ = [  # and _LAZY_NAMES, below
     "LateHeaders",
     "ScopeHeaderResolver",
     "__version__",
+    "add_late_headers",
     "begin_shutdown",
     "get_additional_headers",
+    "install_middleware",
     "late_headers",
     "normalize_response",
 ]

@@ -9,15 +9,23 @@ store, created for its own scope: nothing of one request can reach another.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from typing import Protocol
 
 from starlette.types import Scope
 
-from ._headers import merge_headers, render_headers
+from ._headers import HeaderValidationError, merge_headers, render_headers
 from ._types import HeaderSource, HeaderValue, RawHeaders
 
-__all__ = ["SCOPE_KEY", "CURRENT", "LateHeaders", "late_headers", "take_late_headers"]
+__all__ = [
+    "SCOPE_KEY",
+    "CURRENT",
+    "LateHeaders",
+    "add_late_headers",
+    "late_headers",
+    "take_late_headers",
+]
 
 logger = logging.getLogger("header_first_stream")
 
@@ -66,7 +74,9 @@ class LateHeaders:
 
     def update(self, headers: HeaderSource) -> bool:
         """Set several headers at once; see `add`."""
-        raw = render_headers(headers)
+        return self._update_raw(render_headers(headers))
+
+    def _update_raw(self, raw: RawHeaders) -> bool:
         if self._sent:
             logger.warning(
                 "late headers %s for %s were added after the response head was sent "
@@ -142,6 +152,96 @@ def late_headers(request: Scope | _HasScope | None = None) -> LateHeaders:
 # for later knows that its headers can no longer be sent. A marker, not a store, so that
 # responses whose requests never add a header allocate nothing.
 _HEAD_SENT = object()
+
+
+_missing_middleware_warned = False  # one WARNING per process, however many hooks call
+
+
+def add_late_headers(headers: HeaderSource, request: Scope | _HasScope | None = None) -> bool:
+    """Add headers to the current request's response if that can be done; never raise.
+
+    The form for hook, plugin and library authors, who cannot know whether the operator
+    installed `HeaderFirstMiddleware`: a header is never worth failing a request for.
+    App authors who want mistakes raised use `late_headers` instead.
+
+    - Without ``request``, the store is the one `HeaderFirstMiddleware` made current for
+      the request being handled. Without the middleware nothing is sent, and the first
+      such call in the process logs one WARNING that says what to install.
+    - With ``request`` (a Starlette/FastAPI `Request`, or an ASGI scope), the store is the
+      request's own, created in its scope if need be: the middleware or a
+      `HeaderFirstStreamingResponse` for that request sends it. With neither, nothing
+      sends it, and nothing can tell at this point.
+    - An invalid header (name, value, a framing header) is dropped with a WARNING that
+      names it and says why; the valid headers of the same call are still added.
+    - Headers added after the response head went out are not sent (a WARNING names them).
+
+    Example:
+        In a LiteLLM-style callback that gets no request::
+
+            async def async_post_call_success_hook(data, user_api_key_dict, response):
+                add_late_headers({"x-ratelimit-remaining-requests": 41})
+                return response
+
+    Args:
+        headers: A mapping or (name, value) pairs; `int` values are sent as decimal text.
+        request: A Starlette/FastAPI `Request` (or any object with a ``scope``), an ASGI
+            scope, or ``None`` for the request being handled by `HeaderFirstMiddleware`.
+
+    Returns:
+        ``True`` if every header given will be sent with the response head; ``False`` if
+        any was dropped (invalid), came too late, or found no request to go with.
+    """
+    global _missing_middleware_warned
+    if request is None:
+        store = CURRENT.get(None)
+        if store is None:
+            if not _missing_middleware_warned:
+                _missing_middleware_warned = True
+                logger.warning(
+                    "add_late_headers() was called outside a request handled by "
+                    "HeaderFirstMiddleware, so its headers are not sent (logged once per "
+                    "process); add the middleware: app.add_middleware(HeaderFirstMiddleware), "
+                    "or header_first_stream.install_middleware(app) from code that runs "
+                    "after start-up"
+                )
+            return False
+    else:
+        scope = request if isinstance(request, dict) else getattr(request, "scope", None)
+        if not isinstance(scope, dict):
+            logger.warning(
+                "add_late_headers() got request=%r, which is neither an ASGI scope nor has "
+                "one; its headers are not sent (pass the Request, its scope, or nothing)",
+                request,
+            )
+            return False
+        store = late_headers(scope)
+    raw, complete = _render_valid(headers, store._path)
+    return store._update_raw(raw) and complete
+
+
+def _render_valid(headers: HeaderSource, path: str) -> tuple[RawHeaders, bool]:
+    """The valid headers of ``headers`` (each invalid one logged and dropped); all valid?"""
+    entries: list[object]
+    if isinstance(headers, Mapping):
+        entries = list(headers.items())
+    elif isinstance(headers, Iterable) and not isinstance(headers, str | bytes):
+        entries = list(headers)
+    else:
+        logger.warning(
+            "late headers dropped for %s: got %s (pass a mapping or (name, value) pairs)",
+            path,
+            type(headers).__name__,
+        )
+        return [], False
+    raw: RawHeaders = []
+    complete = True
+    for entry in entries:
+        try:
+            raw += render_headers([entry])  # type: ignore[list-item]
+        except HeaderValidationError as exc:
+            complete = False
+            logger.warning("late header dropped for %s: %s", path, exc)
+    return raw, complete
 
 
 def take_late_headers(scope: Scope) -> RawHeaders:

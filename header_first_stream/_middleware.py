@@ -41,6 +41,10 @@ __all__ = ["HeaderFirstMiddleware", "ScopeHeaderResolver"]
 
 logger = logging.getLogger("header_first_stream")
 
+_AnyASGIApp: TypeAlias = Callable[..., Awaitable[None]]
+# Litestar, Quart and Falcon type their ASGI callables with narrower scopes and messages
+# than Starlette's `ASGIApp`; the middleware takes any of them as it is.
+
 ScopeHeaderResolver: TypeAlias = Callable[[Scope], Awaitable[HeaderSource]]
 """An async callable taking the request's ASGI scope and returning late headers."""
 
@@ -85,6 +89,11 @@ class HeaderFirstMiddleware:
       headers, the exception logged with the path; the app is then cancelled, and anything
       it still sends is dropped. With ``on_resolver_error="degrade"`` the response goes out
       without the resolver's headers, logged at WARNING.
+    - ``resolver`` runs in the request's own context, in the task that sends the first
+      body message: context variables the app set while handling the request are visible
+      to it, and so are ``late_headers()``/``add_late_headers()`` without a request. So is
+      the code of a streamed body up to its first chunk, which still runs while the head
+      is held (except context variables set in a sync endpoint's worker thread).
     - The middleware never calls ``receive`` itself (the app owns it): a resolver running
       for a client that left is bounded by ``resolver_timeout``, not cancelled.
     - The app's own head is passed on as the app built it (names of the headers it merges
@@ -125,7 +134,8 @@ class HeaderFirstMiddleware:
         plain dict.
 
     Args:
-        app: The ASGI app to wrap.
+        app: The ASGI app to wrap, whatever built it (Starlette, FastAPI, Litestar,
+            Django, Quart, Falcon, or a bare ASGI callable).
         resolver: An optional async callable taking the request's ASGI scope and returning
             more headers, as a mapping or (name, value) pairs (`int` values rendered as
             decimal text); awaited once per request, when the head is about to go out. It
@@ -142,7 +152,7 @@ class HeaderFirstMiddleware:
 
     def __init__(
         self,
-        app: ASGIApp,
+        app: _AnyASGIApp,
         *,
         resolver: ScopeHeaderResolver | None = None,
         resolver_timeout: float | None = None,
@@ -151,7 +161,7 @@ class HeaderFirstMiddleware:
         check_options(
             "resolver", resolver, resolver_timeout, on_resolver_error, " taking the ASGI scope"
         )
-        self.app = app
+        self.app: ASGIApp = app
         self.resolver = resolver
         self.resolver_timeout = resolver_timeout
         self.on_resolver_error = on_resolver_error

@@ -42,9 +42,9 @@ def _bound_socket() -> socket.socket:
 def _uvicorn(app: ASGIApp, http: str, sock: socket.socket, **config: Any) -> Iterator[None]:
     import uvicorn
 
-    server = uvicorn.Server(
-        uvicorn.Config(app, http=http, lifespan="off", log_level="warning", **config)
-    )
+    # Defaults that a test may override (lifespan="on" to run the app's start-up).
+    options: dict[str, Any] = {"lifespan": "off", "log_level": "warning", **config}
+    server = uvicorn.Server(uvicorn.Config(app, http=http, **options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -170,9 +170,59 @@ def _hypercorn_trio(app: ASGIApp, sock: socket.socket) -> Iterator[None]:
         thread.join(SHUTDOWN_TIMEOUT)
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _granian(app: ASGIApp) -> Iterator[str]:
+    # Granian binds its own socket (it takes no listening socket from outside): take a
+    # free port, and try another if it was taken in between.
+    from granian.constants import Interfaces
+    from granian.server.embed import Server
+
+    for attempt in range(3):
+        port = _free_port()
+        server = Server(app, port=port, interface=Interfaces.ASGI, log_enabled=False)
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(
+            target=loop.run_until_complete, args=(server.serve(),), daemon=True
+        )
+        thread.start()
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while thread.is_alive():
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"granian did not start within {STARTUP_TIMEOUT}s") from None
+                time.sleep(0.01)
+        if not thread.is_alive():  # it could not bind the port: try another
+            thread.join(SHUTDOWN_TIMEOUT)
+            loop.close()
+            if attempt == 2:
+                raise RuntimeError("granian did not start on any of 3 free ports")
+            continue
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            loop.call_soon_threadsafe(server.stop)
+            thread.join(SHUTDOWN_TIMEOUT)
+            loop.close()
+        return
+
+
 @contextlib.contextmanager
 def serve(app: ASGIApp, server: str, **config: Any) -> Iterator[str]:
-    """Serve ``app`` with ``server`` (one of `SERVERS` or `TRIO_SERVERS`); yield its base URL."""
+    """Serve ``app`` with ``server`` (one of `SERVERS`, `TRIO_SERVERS` or ``"granian"``);
+    yield its base URL."""
+    if server == "granian":
+        with _granian(app) as url:
+            yield url
+        return
     sock = _bound_socket()
     port = sock.getsockname()[1]
     try:

@@ -1,0 +1,90 @@
+"""The "Using it with …" programs of docs/frameworks.md, run as they are on real servers.
+
+Each snippet is taken from the Markdown, written to a file and served by a real server in
+a child process of its own (uvicorn on asyncio for every framework; hypercorn's trio
+worker for those that run on trio: FastAPI, Starlette, Litestar and Falcon. Django and
+Quart run on asyncio only). Every route is asked once by httpx, and its status, its late
+headers and its body are checked exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ._programs import ROOT, python_snippets, serve_program
+
+DOC = ROOT / "docs" / "frameworks.md"
+SNIPPETS = python_snippets(DOC, "Using it with ")
+
+WAIT = 30.0  # a child process imports its framework first: Django and Litestar take a while
+
+SSE = b"data: hello\n\ndata: world\n\n"
+STREAM_LATE = {"x-ratelimit-remaining-requests": "41", "x-ratelimit-remaining-tokens": "99000"}
+JSON_LATE = {"x-ratelimit-remaining-requests": "41"}
+
+# Per framework: path -> (content-type, body, late headers).
+Expected = dict[str, tuple[str, bytes, dict[str, str]]]
+EXPECTED: dict[str, Expected] = {
+    "FastAPI": {
+        "/stream": (
+            "text/event-stream; charset=utf-8",
+            SSE,
+            {**STREAM_LATE, "x-request-cost": "0.002"},
+        ),
+        "/json": ("application/json", b'{"ok":true}', JSON_LATE),
+    },
+    "Starlette": {
+        "/stream": ("text/event-stream; charset=utf-8", SSE, STREAM_LATE),
+        "/json": ("application/json", b'{"ok":true}', JSON_LATE),
+    },
+    "Litestar": {
+        "/stream": ("text/event-stream; charset=utf-8", SSE, STREAM_LATE),
+        "/json": ("application/json", b'{"ok":true}', JSON_LATE),
+    },
+    "Django": {
+        "/stream": ("text/event-stream", SSE, STREAM_LATE),
+        "/sync-stream": ("text/event-stream", SSE, STREAM_LATE),
+        "/json": ("application/json", b'{"ok": true}', JSON_LATE),
+    },
+    "Quart": {
+        "/stream": ("text/event-stream", SSE, STREAM_LATE),
+        "/json": ("application/json", b'{"ok":true}\n', JSON_LATE),
+    },
+    "Falcon": {
+        "/stream": ("text/event-stream", SSE, STREAM_LATE),
+        "/json": ("application/json", b'{"ok": true}', JSON_LATE),
+    },
+}
+
+ON_TRIO = ["FastAPI", "Starlette", "Litestar", "Falcon"]
+
+CASES = [
+    *[pytest.param(name, "uvicorn", id=f"{name}-uvicorn") for name in EXPECTED],
+    *[pytest.param(name, "hypercorn-trio", id=f"{name}-hypercorn-trio") for name in ON_TRIO],
+]
+
+
+def test_every_framework_has_exactly_one_snippet() -> None:
+    assert sorted(SNIPPETS) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize(("framework", "server"), CASES)
+def test_the_snippet_sends_its_late_headers_on_every_route(
+    framework: str, server: str, tmp_path: Path
+) -> None:
+    module = f"snippet_{framework.lower()}"
+    with (
+        serve_program(SNIPPETS[framework], tmp_path, module, server) as url,
+        httpx.Client(timeout=WAIT) as client,
+    ):
+        responses = {path: client.get(url + path) for path in EXPECTED[framework]}
+    for path, (content_type, body, late) in EXPECTED[framework].items():
+        response = responses[path]
+        assert response.status_code == 200, (path, response.text)
+        assert response.headers.get_list("content-type") == [content_type], path
+        for name, value in late.items():
+            assert response.headers.get_list(name) == [value], (path, name)
+        assert response.content == body, path
