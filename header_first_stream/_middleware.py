@@ -126,8 +126,8 @@ class HeaderFirstMiddleware:
     - Error responses that Starlette's ``ServerErrorMiddleware`` (outside any
       ``add_middleware`` middleware) sends for an exception do not carry the late headers.
     - With ``expose_late_headers=True``, a request with an ``Origin`` header gets the
-      names of the late headers sent (the request's and the resolver's, also those an
-      inner `HeaderFirstStreamingResponse` already put in its head) added to
+      names of the late headers sent (the request's and the resolver's, and those an inner
+      `HeaderFirstStreamingResponse` put in its own head, its resolver's included) added to
       ``Access-Control-Expose-Headers``. It must sit *outside* Starlette's
       `CORSMiddleware`, to merge with the list that one sets; inside it, a
       ``CORSMiddleware(expose_headers=[...])`` replaces the merged list with its own.
@@ -308,7 +308,8 @@ class HeaderFirstMiddleware:
             }, body
         exposed: list[bytes] = []
         if self.expose_late_headers and _is_cors(scope):
-            exposed = [name for name, _ in (*late, *resolved)]
+            # Those an inner HeaderFirstStreamingResponse's resolver sent are late too.
+            exposed = [name for name, _ in (*late, *store._resolved, *resolved)]
         if already_in_head:
             # A HeaderFirstStreamingResponse inside put the late headers in its own head,
             # merged in its own order: do not merge them again.

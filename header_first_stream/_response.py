@@ -364,7 +364,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             except ResolverFailed as failure:
                 return _plain_error(failure.status, failure.reason, take_late_headers(scope))
         # Taken only now: a resolver may itself add request-scoped headers.
-        late = take_late_headers(scope)
+        late = take_late_headers(scope, resolved)
         if early_error is not None:
             return self._early_error_plan(scope, early_error, merge_headers(late, resolved))
         try:
