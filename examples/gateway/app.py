@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -37,13 +37,17 @@ from typing import Any, Literal
 import httpx
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from header_first_stream import (
+    HeaderFirstMiddleware,
     HeaderFirstStreamingResponse,
     get_additional_headers,
+    late_headers,
     normalize_response,
 )
 
@@ -191,6 +195,10 @@ class Gateway:
             without counting it and without its ``x-ratelimit-*`` headers (fail open,
             logged at WARNING). The limiter runs before the upstream call (it decides the
             ``429``), so the gateway answers its failure, not the stream's resolver.
+        cors_origins: Origins of browser pages that may call the gateway (e.g. the demo's
+            chat page). With the fix, `HeaderFirstMiddleware(expose_late_headers=True)`
+            sits outside Starlette's `CORSMiddleware` and lists the rate-limit headers in
+            ``Access-Control-Expose-Headers``, so that ``fetch()`` can read them.
 
     The upstream client is opened and closed by the app's lifespan: serve the app with
     lifespan events on (uvicorn's default).
@@ -206,6 +214,7 @@ class Gateway:
         keys: KeyStore | None = None,
         upstream_timeout: float = 30.0,
         on_store_error: StoreErrorPolicy = "error",
+        cors_origins: Sequence[str] = (),
     ) -> None:
         if on_store_error not in ("error", "degrade"):
             raise ValueError(f"on_store_error must be 'error' or 'degrade', got {on_store_error!r}")
@@ -215,12 +224,35 @@ class Gateway:
         self.limiter: Limiter = limiter if limiter is not None else RateLimiter()
         self.keys: KeyStore = keys if keys is not None else MemoryKeyStore()
         self.on_store_error = on_store_error
+        self.cors_origins = tuple(cors_origins)
         self.upstream_timeout = upstream_timeout
         self._client: httpx.AsyncClient | None = None
         routes = [Route("/key/generate", self.generate_key, methods=["POST"])]
         for path in ("/v1/chat/completions", "/v1/embeddings", "/v1/responses", "/v1/messages"):
             routes.append(Route(path, self.forward, methods=["POST"]))
-        self.app = Starlette(routes=routes, lifespan=self._lifespan)
+        self.app = Starlette(routes=routes, lifespan=self._lifespan, middleware=self._middleware())
+
+    def _middleware(self) -> list[Middleware]:
+        if not self.cors_origins:
+            return []
+        cors = Middleware(
+            CORSMiddleware,
+            allow_origins=self.cors_origins,
+            allow_methods=["POST"],
+            allow_headers=["authorization", "content-type", "x-api-key", "anthropic-version"],
+            expose_headers=["retry-after"],  # a static name: CORSMiddleware can list it
+        )
+        if not self.fix:
+            return [cors]  # the browser sees what Starlette alone lets it see
+        # The first is the outermost: it merges its names into CORSMiddleware's list.
+        return [Middleware(HeaderFirstMiddleware, expose_late_headers=True), cors]
+
+    def _expose(self, request: Request, headers: Mapping[str, str]) -> None:
+        # The hook's headers reach JSON and 429 heads through JSONResponse, not as late
+        # headers: adding them as late headers too (same values, sent once) lets the
+        # middleware expose their names on every shape.
+        if self.cors_origins and self.fix:
+            late_headers(request).update(headers)
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -319,6 +351,7 @@ class Gateway:
                 exc_info=True,
             )
             decision = Decision(True, {})
+        self._expose(request, decision.headers)
         if not decision.allowed:
             return _error(
                 429,
