@@ -39,6 +39,11 @@ class RedisServer:
 
     def start(self) -> None:
         """Start it (empty) and wait until it answers ``PING``."""
+        if not os.path.exists(REDIS_SERVER):
+            raise RuntimeError(
+                f"{REDIS_SERVER} is missing; run scripts/test-scale, which installs "
+                "Debian's redis-server"
+            )
         command = [
             REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--loglevel", "warning",

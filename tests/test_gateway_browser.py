@@ -32,10 +32,7 @@ CHUNK_DELAY = 0.05
 RPM, TPM = 3, 1000
 PROMPTS = ("hello", "how many requests are left?", "and how many tokens?")
 
-pytestmark = pytest.mark.skipif(
-    not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)),
-    reason="needs Debian's chromium and chromium-driver: run scripts/test-scale",
-)
+pytestmark = pytest.mark.scale
 
 
 @pytest.fixture
@@ -44,6 +41,11 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        raise RuntimeError(
+            f"{CHROMIUM} or {CHROMEDRIVER} is missing; run scripts/test-scale, which installs "
+            "Debian's chromium and chromium-driver"
+        )
     monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must not download
     options = Options()
     options.binary_location = CHROMIUM

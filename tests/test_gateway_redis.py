@@ -27,12 +27,9 @@ from examples.gateway.limiter_redis import RedisRateLimiter, connect
 from examples.gateway.upstream import REPLY, create_upstream_app
 from examples.gateway.workers import WORKER_HEADER, running_workers
 
-from ._redis import REDIS_SERVER, RedisServer, free_port, redis_server
+from ._redis import RedisServer, free_port, redis_server
 
-pytestmark = pytest.mark.skipif(
-    not __import__("os").path.exists(REDIS_SERVER),
-    reason="needs Debian's redis-server: run scripts/test-scale",
-)
+pytestmark = pytest.mark.scale
 
 P = "x-ratelimit-api_key-"
 CHAT = "/v1/chat/completions"

@@ -16,7 +16,6 @@ without its ``x-ratelimit-*`` headers. Keys a worker has read stay known in its 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 
@@ -28,11 +27,9 @@ from examples.gateway.limiter_redis import SOCKET_TIMEOUT
 from examples.gateway.upstream import create_upstream_app
 from examples.gateway.workers import WORKER_HEADER, running_workers
 
-from ._redis import REDIS_SERVER, RedisServer, redis_server
+from ._redis import RedisServer, redis_server
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(REDIS_SERVER), reason="needs Debian's redis-server: run scripts/test-scale"
-)
+pytestmark = pytest.mark.scale
 
 P = "x-ratelimit-api_key-"
 CHAT = "/v1/chat/completions"
