@@ -136,6 +136,12 @@ def test_the_chat_page_shows_the_streams_rate_limits_and_the_429(
                 assert times == sorted(times)
                 assert times[-1] - times[0] >= (len(REPLY_PIECES) - 1) * CHUNK_DELAY * 1000 / 2
 
+            metas = [element.text for element in browser.find_elements(By.CLASS_NAME, "meta")]
+            assert [meta.split("; ")[1] for meta in metas] == [
+                "2 requests, 999 tokens left",
+                "1 requests, 993 tokens left",
+                "0 requests, 988 tokens left",
+            ]
             refused = _send(browser, wait, len(PROMPTS), "one more")
             assert refused["status"] == 429
             assert refused["text"] == ""
