@@ -2,7 +2,7 @@
 
 Tier 1 (direct ASGI calls, both backends) for what goes in the head, with and without
 Starlette's `CORSMiddleware` on either side; tier 3 (uvicorn, hypercorn, real httpx
-clients) for the documented stack.
+clients; hypercorn also on trio) for the documented stack.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from header_first_stream import HeaderFirstMiddleware, HeaderFirstStreamingResponse, late_headers
 
 from ._asgi import call, http_scope
-from ._servers import SERVERS, serve
+from ._servers import SERVERS, TRIO_SERVERS, serve
 
 PAGE = "http://127.0.0.1:8001"
 EXPOSE = b"access-control-expose-headers"
@@ -222,7 +222,7 @@ def _json_endpoint(request: Request) -> Response:
     return JSONResponse({"ok": True})
 
 
-@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("server", SERVERS + TRIO_SERVERS)
 def test_a_real_server_sends_the_exposed_names_to_a_cors_client(server: str) -> None:
     app = Starlette(
         routes=[Route("/stream", _stream_endpoint), Route("/json", _json_endpoint)],
