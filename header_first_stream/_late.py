@@ -45,12 +45,15 @@ class LateHeaders:
     return ``False``.
     """
 
-    __slots__ = ("_path", "_raw", "_sent")
+    __slots__ = ("_path", "_raw", "_resolved", "_sent")
 
     def __init__(self, path: str = "") -> None:
         self._raw: RawHeaders = []
         self._sent = False
         self._path = path
+        # The headers a HeaderFirstStreamingResponse's own resolver put in the same head:
+        # not the store's to send, but the middleware exposes their names to browsers.
+        self._resolved: RawHeaders = []
 
     @property
     def sent(self) -> bool:
@@ -244,10 +247,16 @@ def _render_valid(headers: HeaderSource, path: str) -> tuple[RawHeaders, bool]:
     return raw, complete
 
 
-def take_late_headers(scope: Scope) -> RawHeaders:
-    """Return the request's late headers and mark them sent; ``[]`` when it has none."""
+def take_late_headers(scope: Scope, resolved: RawHeaders | None = None) -> RawHeaders:
+    """Return the request's late headers and mark them sent; ``[]`` when it has none.
+
+    ``resolved``: the headers the response's own resolver adds to the same head, recorded
+    in the store for `HeaderFirstMiddleware(expose_late_headers=True)`.
+    """
     store: LateHeaders | object | None = scope.get(SCOPE_KEY)
     if isinstance(store, LateHeaders):
+        if resolved:
+            store._resolved = resolved
         return store.take()
     scope[SCOPE_KEY] = _HEAD_SENT
     return []

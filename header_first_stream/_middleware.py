@@ -19,7 +19,9 @@ Invariants, enforced in `HeaderFirstMiddleware.__call__` below:
 4. `CURRENT` is set for one request, in that request's own context, and reset when the
    request ends, however it ends.
 5. Headers the middleware adds were validated when they were added (`LateHeaders`) or
-   rendered (the resolver's); the inner app's own head is passed on as the app built it.
+   rendered (the resolver's); the inner app's own head is passed on as the app built it,
+   except ``access-control-expose-headers`` under ``expose_late_headers=True``, which is
+   merged with the late headers' names on CORS requests only.
 """
 
 from __future__ import annotations
@@ -47,6 +49,35 @@ _AnyASGIApp: TypeAlias = Callable[..., Awaitable[None]]
 
 ScopeHeaderResolver: TypeAlias = Callable[[Scope], Awaitable[HeaderSource]]
 """An async callable taking the request's ASGI scope and returning late headers."""
+
+_EXPOSE = b"access-control-expose-headers"
+
+
+def _is_cors(scope: Scope) -> bool:
+    # Browsers send Origin on every cross-origin fetch (and on some same-origin ones,
+    # where an exposed name is harmless); servers give header names in lower case.
+    return any(name == b"origin" for name, _ in scope.get("headers", ()))
+
+
+def _with_exposed(headers: RawHeaders, names: list[bytes]) -> RawHeaders:
+    """``headers`` with ``names`` added to ``access-control-expose-headers``.
+
+    The names already listed (by `CORSMiddleware`, in one header or several) keep their
+    order and spelling; a name is never listed twice, compared case-insensitively.
+    """
+    listed: list[bytes] = []
+    rest: RawHeaders = []
+    for name, value in headers:
+        if name == _EXPOSE:
+            listed += [item.strip() for item in value.split(b",") if item.strip()]
+        else:
+            rest.append((name, value))
+    seen = {item.lower() for item in listed}
+    for name in names:
+        if name not in seen:
+            seen.add(name)
+            listed.append(name)
+    return [*rest, (_EXPOSE, b", ".join(listed))]
 
 
 class HeaderFirstMiddleware:
@@ -101,6 +132,13 @@ class HeaderFirstMiddleware:
       to validate, and they were validated when added.
     - Error responses that Starlette's ``ServerErrorMiddleware`` (outside any
       ``add_middleware`` middleware) sends for an exception do not carry the late headers.
+    - With ``expose_late_headers=True``, a request with an ``Origin`` header gets the
+      names of the late headers sent (the request's and the resolver's, and those an inner
+      `HeaderFirstStreamingResponse` put in its own head, its resolver's included) added to
+      ``Access-Control-Expose-Headers``. It must sit *outside* Starlette's
+      `CORSMiddleware`, to merge with the list that one sets; inside it, a
+      ``CORSMiddleware(expose_headers=[...])`` replaces the merged list with its own.
+      The middleware's own error responses (resolver failures) are not changed.
 
     Example:
         A FastAPI dependency that knows a header, and a deep helper that has no request::
@@ -144,6 +182,9 @@ class HeaderFirstMiddleware:
             takes.
         on_resolver_error: What a failed, timed-out or invalid ``resolver`` leads to:
             ``"error"`` (default) or ``"degrade"``, as for `HeaderFirstStreamingResponse`.
+        expose_late_headers: On CORS requests (with an ``Origin`` header), list the late
+            headers' names in ``Access-Control-Expose-Headers``, so that a browser's
+            ``fetch()`` can read them; see above for where to put the middleware.
 
     Raises:
         TypeError: ``resolver`` is not callable.
@@ -157,6 +198,7 @@ class HeaderFirstMiddleware:
         resolver: ScopeHeaderResolver | None = None,
         resolver_timeout: float | None = None,
         on_resolver_error: ResolverErrorPolicy = "error",
+        expose_late_headers: bool = False,
     ) -> None:
         check_options(
             "resolver", resolver, resolver_timeout, on_resolver_error, " taking the ASGI scope"
@@ -165,6 +207,7 @@ class HeaderFirstMiddleware:
         self.resolver = resolver
         self.resolver_timeout = resolver_timeout
         self.on_resolver_error = on_resolver_error
+        self.expose_late_headers = expose_late_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -271,11 +314,18 @@ class HeaderFirstMiddleware:
                 "status": failure.status,
                 "headers": headers,
             }, body
+        exposed: list[bytes] = []
+        if self.expose_late_headers and _is_cors(scope):
+            # Those an inner HeaderFirstStreamingResponse's resolver sent are late too.
+            exposed = [name for name, _ in (*late, *store._resolved, *resolved)]
         if already_in_head:
             # A HeaderFirstStreamingResponse inside put the late headers in its own head,
             # merged in its own order: do not merge them again.
             late = []
-        if not late and not resolved:
+        if not late and not resolved and not exposed:
             return start, None
         own = [(bytes(name).lower(), bytes(value)) for name, value in start.get("headers", ())]
-        return {**start, "headers": merge_headers(merge_headers(own, late), resolved)}, None
+        headers = merge_headers(merge_headers(own, late), resolved)
+        if exposed:
+            headers = _with_exposed(headers, exposed)
+        return {**start, "headers": headers}, None

@@ -461,7 +461,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             except ResolverFailed as failure:
                 return _error(failure.status, failure.reason, take_late_headers(scope))
         # Taken only now: a resolver may itself add request-scoped headers.
-        late = take_late_headers(scope)
+        late = take_late_headers(scope, resolved)
         if early_error is not None:
             return self._early_error(scope, early_error, merge_headers(late, resolved))
         head = self._merged_head(scope, self.status_code, self.raw_headers, late, resolved)
@@ -654,7 +654,7 @@ class _HeadFirstSend:
                 resolved = await response._resolve(scope, None)
             except ResolverFailed as failure:
                 failed = failure
-        late = take_late_headers(scope)
+        late = take_late_headers(scope, resolved)
         if failed is not None:
             prepared = _error(failed.status, failed.reason, late)
         else:

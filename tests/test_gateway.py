@@ -281,18 +281,19 @@ def test_a_request_whose_token_estimate_does_not_fit_gets_429(fixed: Running) ->
     assert "tokens per minute" in refused.json()["error"]["message"]
 
 
-def test_the_limiter_window_resets_after_a_minute_and_refusals_are_not_counted() -> None:
+@pytest.mark.anyio
+async def test_the_limiter_window_resets_after_a_minute_and_refusals_are_not_counted() -> None:
     now = [1000.0]
     limiter = RateLimiter(clock=lambda: now[0])
     limits = KeyLimits(rpm_limit=2, tpm_limit=100)
 
-    first = limiter.check_and_reserve("k", limits, 30)
-    second = limiter.check_and_reserve("k", limits, 30)
+    first = await limiter.check_and_reserve("k", limits, 30)
+    second = await limiter.check_and_reserve("k", limits, 30)
     now[0] = 1059.5
-    third = limiter.check_and_reserve("k", limits, 30)
-    other_key = limiter.check_and_reserve("other", limits, 30)
+    third = await limiter.check_and_reserve("k", limits, 30)
+    other_key = await limiter.check_and_reserve("other", limits, 30)
     now[0] = 1060.0
-    after_reset = limiter.check_and_reserve("k", limits, 30)
+    after_reset = await limiter.check_and_reserve("k", limits, 30)
 
     assert (first.allowed, second.allowed, third.allowed, after_reset.allowed) == (
         True,

@@ -1,9 +1,10 @@
 """A small LLM gateway in LiteLLM's image, with its rate-limit headers on every shape.
 
-The gateway checks a virtual key, counts the request and reserves its tokens
-(`limiter.RateLimiter`), forwards it to the upstream with httpx, streaming through without
-buffering, and then lets a post-call hook attach the ``x-ratelimit-api_key-*`` headers the
-way LiteLLM's v3 ``parallel_request_limiter`` does: by writing them into
+The gateway checks a virtual key (`keys.KeyStore`), counts the request and reserves its
+tokens (`limiter.Limiter`: in memory, or in Redis shared by every worker), forwards it to
+the upstream with httpx, streaming through without buffering, and then lets a post-call
+hook attach the ``x-ratelimit-api_key-*`` headers the way LiteLLM's v3
+``parallel_request_limiter`` does: by writing them into
 ``response._hidden_params["additional_headers"]`` (`rate_limit_post_call_hook`, whose
 shape is LiteLLM's, short-circuit on plain dicts included).
 
@@ -26,26 +27,32 @@ plain dicts. Chat completions, embeddings and responses are typed objects that c
 
 from __future__ import annotations
 
+import logging
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from header_first_stream import (
+    HeaderFirstMiddleware,
     HeaderFirstStreamingResponse,
     get_additional_headers,
+    late_headers,
     normalize_response,
 )
 
-from .limiter import Decision, KeyLimits, RateLimiter
+from .keys import KeyStore, MemoryKeyStore, VirtualKey
+from .limiter import Decision, KeyLimits, Limiter, RateLimiter, StoreUnavailable
 from .upstream import OVERLOADED_MODEL, SSE_MEDIA_TYPE, estimate_tokens
 
 MASTER_KEY = "sk-1234"
@@ -64,13 +71,9 @@ ANTHROPIC_VERSION = "2023-06-01"
 _PASSED_ON_EXACT = frozenset({"retry-after", "retry-after-ms"})
 _PASSED_ON_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 
+logger = logging.getLogger("examples.gateway")
 
-@dataclass(frozen=True)
-class VirtualKey:
-    """A key made by ``POST /key/generate``; an empty ``models`` allows every model."""
-
-    models: tuple[str, ...]
-    limits: KeyLimits
+StoreErrorPolicy = Literal["error", "degrade"]
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,15 @@ def _error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def _store_unavailable() -> JSONResponse:
+    return _error(
+        503,
+        "the gateway's key and rate-limit store is unreachable; retry shortly",
+        "service_unavailable",
+        {"retry-after": "1"},
+    )
+
+
 def _passed_on(upstream: httpx.Response) -> dict[str, str]:
     return {
         name: value
@@ -174,8 +186,19 @@ class Gateway:
         upstream_url: Base URL of the provider, e.g. ``http://127.0.0.1:28100``.
         fix: Use this library (default); ``False`` reproduces LiteLLM's lost headers.
         master_key: The key that may create virtual keys.
-        limiter: The rate limiter; a fresh one by default.
+        limiter: The rate limiter; a fresh in-memory one by default.
+        keys: Where virtual keys are kept; this process's memory by default.
         upstream_timeout: Seconds for each upstream connect/read.
+        on_store_error: When the limiter's or key store's back end (Redis) is
+            unreachable: ``"error"`` (default) answers ``503`` with ``retry-after: 1``
+            and counts nothing; ``"degrade"`` serves a request whose key is known
+            without counting it and without its ``x-ratelimit-*`` headers (fail open,
+            logged at WARNING). The limiter runs before the upstream call (it decides the
+            ``429``), so the gateway answers its failure, not the stream's resolver.
+        cors_origins: Origins of browser pages that may call the gateway (e.g. the demo's
+            chat page). With the fix, `HeaderFirstMiddleware(expose_late_headers=True)`
+            sits outside Starlette's `CORSMiddleware` and lists the rate-limit headers in
+            ``Access-Control-Expose-Headers``, so that ``fetch()`` can read them.
 
     The upstream client is opened and closed by the app's lifespan: serve the app with
     lifespan events on (uvicorn's default).
@@ -187,20 +210,49 @@ class Gateway:
         *,
         fix: bool = True,
         master_key: str = MASTER_KEY,
-        limiter: RateLimiter | None = None,
+        limiter: Limiter | None = None,
+        keys: KeyStore | None = None,
         upstream_timeout: float = 30.0,
+        on_store_error: StoreErrorPolicy = "error",
+        cors_origins: Sequence[str] = (),
     ) -> None:
+        if on_store_error not in ("error", "degrade"):
+            raise ValueError(f"on_store_error must be 'error' or 'degrade', got {on_store_error!r}")
         self.upstream_url = upstream_url
         self.fix = fix
         self.master_key = master_key
-        self.limiter = limiter if limiter is not None else RateLimiter()
-        self.keys: dict[str, VirtualKey] = {}
+        self.limiter: Limiter = limiter if limiter is not None else RateLimiter()
+        self.keys: KeyStore = keys if keys is not None else MemoryKeyStore()
+        self.on_store_error = on_store_error
+        self.cors_origins = tuple(cors_origins)
         self.upstream_timeout = upstream_timeout
         self._client: httpx.AsyncClient | None = None
         routes = [Route("/key/generate", self.generate_key, methods=["POST"])]
         for path in ("/v1/chat/completions", "/v1/embeddings", "/v1/responses", "/v1/messages"):
             routes.append(Route(path, self.forward, methods=["POST"]))
-        self.app = Starlette(routes=routes, lifespan=self._lifespan)
+        self.app = Starlette(routes=routes, lifespan=self._lifespan, middleware=self._middleware())
+
+    def _middleware(self) -> list[Middleware]:
+        if not self.cors_origins:
+            return []
+        cors = Middleware(
+            CORSMiddleware,
+            allow_origins=self.cors_origins,
+            allow_methods=["POST"],
+            allow_headers=["authorization", "content-type", "x-api-key", "anthropic-version"],
+            expose_headers=["retry-after"],  # a static name: CORSMiddleware can list it
+        )
+        if not self.fix:
+            return [cors]  # the browser sees what Starlette alone lets it see
+        # The first is the outermost: it merges its names into CORSMiddleware's list.
+        return [Middleware(HeaderFirstMiddleware, expose_late_headers=True), cors]
+
+    def _expose(self, request: Request, headers: Mapping[str, str]) -> None:
+        # The hook's headers reach JSON and 429 heads through JSONResponse, not as late
+        # headers: adding them as late headers too (same values, sent once) lets the
+        # middleware expose their names on every shape.
+        if self.cors_origins and self.fix:
+            late_headers(request).update(headers)
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -215,6 +267,7 @@ class Gateway:
                 yield
             finally:
                 self._client = None
+                await self.limiter.aclose()
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -249,17 +302,26 @@ class Gateway:
                 )
             limits[name] = value
         key = "sk-" + secrets.token_urlsafe(18)
-        self.keys[key] = VirtualKey(tuple(models), KeyLimits(**limits))
+        try:
+            await self.keys.put(key, VirtualKey(tuple(models), KeyLimits(**limits)))
+        except StoreUnavailable:
+            logger.exception("could not store a new key")
+            return _store_unavailable()
         return JSONResponse({"key": key, "models": models, **limits})
 
     async def forward(self, request: Request) -> Response:
         """Check the key, count the request, forward it, and attach the headers."""
         presented = _presented_key(request)
+        virtual_key: VirtualKey | None = None
         if presented == self.master_key:
             virtual_key = VirtualKey((), KeyLimits())
-        elif presented is not None and presented in self.keys:
-            virtual_key = self.keys[presented]
-        else:
+        elif presented is not None:
+            try:
+                virtual_key = await self.keys.get(presented)
+            except StoreUnavailable:
+                logger.exception("could not look up a key")
+                return _store_unavailable()
+        if presented is None or virtual_key is None:
             return _error(401, "invalid or missing API key", "auth_error")
         try:
             body = await request.json()
@@ -275,9 +337,21 @@ class Gateway:
         if virtual_key.models and model not in virtual_key.models:
             return _error(401, f"this key may not use model {model!r}", "auth_error")
 
-        decision = self.limiter.check_and_reserve(
-            presented, virtual_key.limits, estimate_tokens(body)
-        )
+        try:
+            # A network round trip with the Redis back end.
+            decision = await self.limiter.check_and_reserve(
+                presented, virtual_key.limits, estimate_tokens(body)
+            )
+        except StoreUnavailable:
+            if self.on_store_error == "error":
+                logger.exception("the rate limiter's store is unreachable")
+                return _store_unavailable()
+            logger.warning(
+                "the rate limiter's store is unreachable; serving without counting",
+                exc_info=True,
+            )
+            decision = Decision(True, {})
+        self._expose(request, decision.headers)
         if not decision.allowed:
             return _error(
                 429,

@@ -15,7 +15,12 @@ Modes and exit status:
   exactly the headers the bug report says (streams and the plain-dict
   ``/v1/messages``) and the fixed one loses none; 1 if either is not so.
 - ``--serve``: keeps both servers running and prints the bug report's curl commands
-  with the real port and key, until Ctrl-C (exit 0).
+  with the real port and key, and serves a chat page (`web`) on a third port, until
+  Ctrl-C (exit 0).
+
+Scale: ``--workers N --redis URL`` runs the gateway as N uvicorn worker processes
+(`workers`) sharing keys and quotas in Redis; the probes then go to whichever worker the
+kernel picks, and the counts still go down by one per request.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from starlette.types import ASGIApp
 from .app import MASTER_KEY, Gateway
 from .limiter import HEADER_PREFIX
 from .upstream import REPLY, create_upstream_app
+from .web import create_page_app
+from .workers import WORKER_HEADER, free_port, running_workers
 
 STARTUP_TIMEOUT = 10.0
 SHUTDOWN_TIMEOUT = 10.0
@@ -46,6 +53,11 @@ CLIENT_TIMEOUT = 10.0
 
 RPM_LIMIT = 6000
 TPM_LIMIT = 100000
+PAGE_RPM_LIMIT = 10
+"""The chat page's key: small, so that a few messages show the ``429``."""
+PAGE_TPM_LIMIT = 1000
+PAGE_CHUNK_DELAY = 0.08
+"""Seconds between streamed pieces with ``--serve``: slow enough to watch them arrive."""
 
 HEADER_NAMES = tuple(
     HEADER_PREFIX + suffix
@@ -124,6 +136,8 @@ class ProbeResult:
     ratelimit: dict[str, str]
     """The ``x-ratelimit-api_key-*`` headers received, in `HEADER_NAMES` order."""
     complete: bool
+    worker: str = ""
+    """The gateway worker's process id, from ``x-gateway-worker`` (with ``--workers``)."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +146,8 @@ class Running:
 
     upstream_url: str
     gateway_url: str
-    gateway: Gateway
+    gateway: Gateway | None
+    """The gateway object when it runs in this process; ``None`` with worker processes."""
 
 
 @contextlib.contextmanager
@@ -169,7 +184,14 @@ def serve(app: ASGIApp, *, port: int = 0) -> Iterator[str]:
 
 @contextlib.contextmanager
 def running(
-    *, fix: bool = True, upstream_url: str | None = None, port: int = 0, chunk_delay: float = 0.0
+    *,
+    fix: bool = True,
+    upstream_url: str | None = None,
+    port: int = 0,
+    chunk_delay: float = 0.0,
+    workers: int = 1,
+    redis_url: str | None = None,
+    cors_origins: Sequence[str] = (),
 ) -> Iterator[Running]:
     """Start the upstream (unless ``upstream_url`` names one) and a gateway in front of it.
 
@@ -178,11 +200,27 @@ def running(
         upstream_url: An upstream already running; a new mock one by default.
         port: The gateway's port; ephemeral by default.
         chunk_delay: Seconds between streamed events of a new mock upstream.
+        workers: With ``redis_url``: the number of uvicorn worker processes.
+        redis_url: Keep keys and quotas in this Redis; the gateway then runs as
+            ``workers`` processes (`workers.running_workers`), always with the fix.
+        cors_origins: Origins of browser pages that may call the gateway.
     """
     with contextlib.ExitStack() as stack:
         if upstream_url is None:
             upstream_url = stack.enter_context(serve(create_upstream_app(chunk_delay=chunk_delay)))
-        gateway = Gateway(upstream_url, fix=fix)
+        if redis_url is not None:
+            gateway_url = stack.enter_context(
+                running_workers(
+                    upstream_url,
+                    workers=workers,
+                    redis_url=redis_url,
+                    port=port,
+                    cors_origins=cors_origins,
+                )
+            )
+            yield Running(upstream_url, gateway_url, None)
+            return
+        gateway = Gateway(upstream_url, fix=fix, cors_origins=cors_origins)
         gateway_url = stack.enter_context(serve(gateway.app, port=port))
         yield Running(upstream_url, gateway_url, gateway)
 
@@ -227,12 +265,19 @@ def run_probe(client: httpx.Client, gateway_url: str, key: str, probe: Probe) ->
         response.headers.get("content-type", ""),
         ratelimit,
         probe.marker in body,
+        response.headers.get(WORKER_HEADER, ""),
     )
 
 
-def run_probes(gateway_url: str, key: str) -> list[ProbeResult]:
-    """Send every probe of `PROBES`, one after the other, with ``key``."""
-    with httpx.Client(timeout=CLIENT_TIMEOUT) as client:
+def run_probes(gateway_url: str, key: str, *, new_connections: bool = False) -> list[ProbeResult]:
+    """Send every probe of `PROBES`, one after the other, with ``key``.
+
+    With ``new_connections``, each probe opens its own connection, so that a gateway with
+    several worker processes may serve each with another worker.
+    """
+    keepalive = 0 if new_connections else None
+    limits = httpx.Limits(max_keepalive_connections=keepalive)
+    with httpx.Client(timeout=CLIENT_TIMEOUT, limits=limits) as client:
         return [run_probe(client, gateway_url, key, probe) for probe in PROBES]
 
 
@@ -372,14 +417,21 @@ def _shell(words: Sequence[str]) -> str:
     return " ".join(quoted)
 
 
-def _run_fixed() -> int:
-    with running(fix=True) as servers:
+def _run_fixed(workers: int = 1, redis_url: str | None = None) -> int:
+    with running(fix=True, workers=workers, redis_url=redis_url) as servers:
         key = create_key(servers.gateway_url)
-        results = run_probes(servers.gateway_url, key)
+        results = run_probes(servers.gateway_url, key, new_connections=redis_url is not None)
     print(f"x-ratelimit-api_key-* headers per shape (key: rpm {RPM_LIMIT}, tpm {TPM_LIMIT})")
     print()
     print(format_table(results))
     print()
+    if redis_url is not None:
+        served_by = sorted({result.worker for result in results})
+        print(
+            f"{workers} worker processes sharing {redis_url}; these requests were served "
+            f"by {len(served_by)} of them (pids {', '.join(served_by)})."
+        )
+        print()
     problems = check_results(results)
     if problems:
         print("FAILED:")
@@ -418,11 +470,33 @@ def _run_side_by_side() -> int:
     return 0
 
 
-def _serve(*, fix: bool, port: int) -> int:
-    with running(fix=fix, port=port) as servers:
+def _serve(
+    *, fix: bool, port: int, page_port: int, workers: int = 1, redis_url: str | None = None
+) -> int:
+    page_port = page_port or free_port()
+    # Both spellings of the page's origin: the browser sends the one in its address bar.
+    origins = [f"http://127.0.0.1:{page_port}", f"http://localhost:{page_port}"]
+    with contextlib.ExitStack() as stack:
+        servers = stack.enter_context(
+            running(
+                fix=fix,
+                port=port,
+                chunk_delay=PAGE_CHUNK_DELAY,
+                workers=workers,
+                redis_url=redis_url,
+                cors_origins=origins,
+            )
+        )
         key = create_key(servers.gateway_url)
+        page_key = create_key(
+            servers.gateway_url, rpm_limit=PAGE_RPM_LIMIT, tpm_limit=PAGE_TPM_LIMIT
+        )
+        page_url = stack.enter_context(
+            serve(create_page_app(servers.gateway_url, page_key), port=page_port)
+        )
         mode = "WITHOUT the fix" if not fix else "with header-first-stream"
         print(f"Gateway ({mode}) on {servers.gateway_url}, upstream on {servers.upstream_url}.")
+        print(f"Chat page on {page_url}/ (its key: rpm {PAGE_RPM_LIMIT}, tpm {PAGE_TPM_LIMIT}).")
         print("Try the bug report's probes (Ctrl-C to stop):")
         print()
         print(curl_commands(servers.gateway_url, key), flush=True)
@@ -462,12 +536,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--port", type=int, default=0, help="the gateway's port with --serve (default: any free)"
     )
+    parser.add_argument(
+        "--page-port",
+        type=int,
+        default=0,
+        help="the chat page's port with --serve (default: any free)",
+    )
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="keep keys and quotas in this Redis (e.g. redis://127.0.0.1:6379/0), shared "
+        "by the gateway's worker processes",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="with --redis: the number of uvicorn worker processes (default: 1)",
+    )
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
+    if args.workers > 1 and args.redis is None:
+        parser.error(
+            "--workers needs --redis URL: without a shared store each worker process "
+            "would have its own keys and quotas"
+        )
+    if args.redis is not None and args.without_fix:
+        parser.error("--redis runs the fixed gateway only; drop --without-fix")
     if args.serve:
-        return _serve(fix=not args.without_fix, port=args.port)
+        return _serve(
+            fix=not args.without_fix,
+            port=args.port,
+            page_port=args.page_port,
+            workers=args.workers,
+            redis_url=args.redis,
+        )
     if args.without_fix:
         return _run_side_by_side()
-    return _run_fixed()
+    return _run_fixed(args.workers, args.redis)
 
 
 if __name__ == "__main__":  # pragma: no cover

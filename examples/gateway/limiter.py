@@ -1,9 +1,14 @@
-"""An in-memory per-key rate limiter, in the manner of LiteLLM's ``parallel_request_limiter``.
+"""Per-key rate limiting, in the manner of LiteLLM's ``parallel_request_limiter``.
 
-Before a request goes upstream, `RateLimiter.check_and_reserve` counts it against the
+`Limiter` is the interface the gateway awaits, with two back ends: `RateLimiter`, in this
+process's memory (the default, nothing to install), and
+`examples.gateway.limiter_redis.RedisRateLimiter`, shared by every worker that points at
+one Redis (one Lua script per request, atomic per key and window).
+
+Before a request goes upstream, ``check_and_reserve`` counts it against the
 key's requests-per-minute limit and reserves its estimated tokens against the
-tokens-per-minute limit, in one step with no ``await`` in it, so two requests on one
-event loop can never both take the last unit. The `Decision` it returns carries the
+tokens-per-minute limit, in one atomic step (in memory: no ``await`` in it, so two
+requests on one event loop can never both take the last unit). The `Decision` it returns carries the
 ``x-ratelimit-api_key-*`` headers as they stand right after this request's reservation:
 each request reports its own numbers, however many others run at the same time.
 
@@ -18,6 +23,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 HEADER_PREFIX = "x-ratelimit-api_key-"
 WINDOW_SECONDS = 60.0
@@ -49,6 +55,47 @@ class Decision:
     exceeded: str | None = None
 
 
+class StoreUnavailable(Exception):
+    """The shared store (Redis) could not be reached in time; nothing was counted."""
+
+
+class Limiter(Protocol):
+    """What the gateway needs of a rate limiter; every method is a coroutine."""
+
+    async def check_and_reserve(self, key: str, limits: KeyLimits, tokens: int) -> Decision:
+        """Count one request of ``key`` and reserve ``tokens``, atomically, unless that
+        exceeds a limit (a refused request takes nothing from the quota).
+
+        Raises:
+            StoreUnavailable: The store could not be reached in time.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; the gateway's lifespan calls it at shut-down."""
+        ...
+
+
+def decide(
+    limits: KeyLimits, requests: int, tokens: int, exceeded: str | None, retry_after: float
+) -> Decision:
+    """The `Decision` for counts that already include this request (when allowed).
+
+    Shared by the back ends, so both give the same headers for the same counts.
+    """
+    rpm, tpm = limits.rpm_limit, limits.tpm_limit
+    headers: dict[str, str] = {}
+    if rpm is not None:
+        headers[HEADER_PREFIX + "remaining-requests"] = str(max(0, rpm - requests))
+        headers[HEADER_PREFIX + "limit-requests"] = str(rpm)
+    if tpm is not None:
+        headers[HEADER_PREFIX + "remaining-tokens"] = str(max(0, tpm - tokens))
+        headers[HEADER_PREFIX + "limit-tokens"] = str(tpm)
+    if exceeded is None:
+        return Decision(True, headers)
+    return Decision(False, headers, max(1, math.ceil(retry_after)), exceeded)
+
+
 @dataclass
 class _Window:
     start: float
@@ -57,7 +104,9 @@ class _Window:
 
 
 class RateLimiter:
-    """Counts requests and reserves tokens per key, in fixed one-minute windows.
+    """Counts requests and reserves tokens per key, in fixed one-minute windows, in memory.
+
+    Each process has its own counts: behind several workers, use the Redis back end.
 
     Args:
         clock: Seconds from a monotonic clock; tests pass a fake one.
@@ -67,7 +116,7 @@ class RateLimiter:
         self._clock = clock
         self._windows: dict[str, _Window] = {}
 
-    def check_and_reserve(self, key: str, limits: KeyLimits, tokens: int) -> Decision:
+    async def check_and_reserve(self, key: str, limits: KeyLimits, tokens: int) -> Decision:
         """Count one request of ``key`` and reserve ``tokens``, unless that exceeds a limit.
 
         A refused request is not counted: it takes nothing from the key's quota.
@@ -82,18 +131,11 @@ class RateLimiter:
             exceeded = "requests"
         elif tpm is not None and window.tokens + tokens > tpm:
             exceeded = "tokens"
-        allowed = exceeded is None
-        if allowed:
+        if exceeded is None:
             window.requests += 1
             window.tokens += tokens
-        headers: dict[str, str] = {}
-        if rpm is not None:
-            headers[HEADER_PREFIX + "remaining-requests"] = str(max(0, rpm - window.requests))
-            headers[HEADER_PREFIX + "limit-requests"] = str(rpm)
-        if tpm is not None:
-            headers[HEADER_PREFIX + "remaining-tokens"] = str(max(0, tpm - window.tokens))
-            headers[HEADER_PREFIX + "limit-tokens"] = str(tpm)
-        if allowed:
-            return Decision(True, headers)
-        retry_after = max(1, math.ceil(window.start + WINDOW_SECONDS - now))
-        return Decision(False, headers, retry_after, exceeded)
+        retry_after = window.start + WINDOW_SECONDS - now
+        return decide(limits, window.requests, window.tokens, exceeded, retry_after)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
