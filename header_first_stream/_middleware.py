@@ -32,7 +32,13 @@ import anyio
 import anyio.lowlevel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._headers import merge_headers
+from ._headers import (
+    DEFAULT_MAX_HEAD_SIZE,
+    DEFAULT_MAX_HEADER_VALUE_SIZE,
+    HeaderValidationError,
+    check_head_size,
+    merge_headers,
+)
 from ._late import CURRENT, LateHeaders, late_headers
 from ._resolve import ResolverErrorPolicy, ResolverFailed, check_options, plain_error, resolve
 from ._types import HeaderSource, RawHeaders
@@ -94,6 +100,10 @@ class HeaderFirstMiddleware:
       to validate, and they were validated when added.
     - Error responses that Starlette's ``ServerErrorMiddleware`` (outside any
       ``add_middleware`` middleware) sends for an exception do not carry the late headers.
+    - A head the middleware changed is checked against ``max_header_value_size`` (the
+      values it adds) and ``max_head_size`` (the whole head); over a limit, the response
+      is a ``500`` without the late headers, logged naming the header and the limit. A
+      head it did not change is passed on unchecked.
 
     Example:
         A FastAPI dependency that knows a header, and a deep helper that has no request::
@@ -142,6 +152,12 @@ class HeaderFirstMiddleware:
         ValueError: ``resolver_timeout`` or ``on_resolver_error`` is out of range.
     """
 
+    max_header_value_size: int = DEFAULT_MAX_HEADER_VALUE_SIZE
+    """Bytes one added header value may hold; a longer one is an invalid header."""
+
+    max_head_size: int = DEFAULT_MAX_HEAD_SIZE
+    """Bytes the headers of a head the middleware changed may hold (``name: value\\r\\n``)."""
+
     def __init__(
         self,
         app: ASGIApp,
@@ -176,7 +192,7 @@ class HeaderFirstMiddleware:
         passthrough = False  # the head went out: pass everything on
         answered = False  # the middleware answered with its own error response
         disconnected = False  # the app received http.disconnect
-        cancel_scope: anyio.CancelScope | None = None
+        cancel_scope = anyio.CancelScope()  # the app runs in it, to be stopped after an error
 
         async def receive_watching() -> Message:
             nonlocal disconnected
@@ -221,16 +237,12 @@ class HeaderFirstMiddleware:
             await send(head)
             await send({"type": "http.response.body", "body": error_body, "more_body": False})
             # The response is complete: stop the app instead of letting it stream into
-            # nothing. Errors come only from a resolver, which runs the app in this scope.
-            assert cancel_scope is not None
+            # nothing (the app runs in this scope).
             cancel_scope.cancel()
             await anyio.lowlevel.checkpoint()
 
-        if self.resolver is None:
+        with cancel_scope:
             await self.app(scope, receive_watching, send_holding)
-        else:
-            with anyio.CancelScope() as cancel_scope:
-                await self.app(scope, receive_watching, send_holding)
         if held is not None and not passthrough and not answered and not disconnected:
             # The app sent its head and returned without a body message.
             await release(held, _END)
@@ -249,6 +261,8 @@ class HeaderFirstMiddleware:
                     self.resolver_timeout,
                     self.on_resolver_error,
                     scope.get("path", ""),
+                    self.max_header_value_size,
+                    self.max_head_size,
                 )
             except ResolverFailed as exc:
                 failure = exc
@@ -257,12 +271,7 @@ class HeaderFirstMiddleware:
         already_in_head = store.sent
         late = store.take()
         if failure is not None:
-            headers, body = plain_error(failure.reason, late)
-            return {
-                "type": "http.response.start",
-                "status": failure.status,
-                "headers": headers,
-            }, body
+            return self._error(failure.status, failure.reason, late, scope)
         if already_in_head:
             # A HeaderFirstStreamingResponse inside put the late headers in its own head,
             # merged in its own order: do not merge them again.
@@ -270,4 +279,22 @@ class HeaderFirstMiddleware:
         if not late and not resolved:
             return start, None
         own = [(bytes(name).lower(), bytes(value)) for name, value in start.get("headers", ())]
-        return {**start, "headers": merge_headers(merge_headers(own, late), resolved)}, None
+        headers = merge_headers(merge_headers(own, late), resolved)
+        try:
+            check_head_size(headers, self.max_header_value_size, self.max_head_size)
+        except HeaderValidationError:
+            logger.exception("response head too large for %s", scope.get("path", ""))
+            return self._error(500, "Internal Server Error", [], scope)
+        return {**start, "headers": headers}, None
+
+    def _error(
+        self, status: int, reason: str, late: RawHeaders, scope: Scope
+    ) -> tuple[Message, bytes]:
+        headers, body = plain_error(reason, late)
+        try:
+            check_head_size(headers, self.max_header_value_size, self.max_head_size)
+        except HeaderValidationError:
+            logger.exception("response head too large for %s", scope.get("path", ""))
+            headers, body = plain_error("Internal Server Error", [])
+            status = 500
+        return {"type": "http.response.start", "status": status, "headers": headers}, body
