@@ -53,6 +53,14 @@ ScopeHeaderResolver: TypeAlias = Callable[[Scope], Awaitable[HeaderSource]]
 _END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
+class _Answered(Exception):
+    """Raised from the app's ``send`` once the middleware answered in its place.
+
+    Stops an app that runs without a cancel scope (no resolver): only a head over a size
+    limit is answered there, too rare to pay for a cancel scope on every request.
+    """
+
+
 class HeaderFirstMiddleware:
     """Send every late header of a request on its response, whatever the response class.
 
@@ -192,7 +200,9 @@ class HeaderFirstMiddleware:
         passthrough = False  # the head went out: pass everything on
         answered = False  # the middleware answered with its own error response
         disconnected = False  # the app received http.disconnect
-        cancel_scope = anyio.CancelScope()  # the app runs in it, to be stopped after an error
+        # With a resolver, the app runs in this scope, to be stopped after an error answer.
+        cancel_scope: anyio.CancelScope | None = None
+        app_running = True
 
         async def receive_watching() -> Message:
             nonlocal disconnected
@@ -211,8 +221,11 @@ class HeaderFirstMiddleware:
         async def hold(message: Message) -> None:
             nonlocal held
             if answered:
-                # Only reached from a shielded clean-up in the cancelled app: the response
-                # is complete, so whatever the app still sends must not go out.
+                # The response is complete, so whatever the app still sends must not go
+                # out: reached from a shielded clean-up in the cancelled app, or from an app
+                # that caught `_Answered` and sends on.
+                if cancel_scope is None:
+                    raise _Answered
                 await anyio.lowlevel.checkpoint()
                 return
             if held is None:
@@ -237,12 +250,26 @@ class HeaderFirstMiddleware:
             await send(head)
             await send({"type": "http.response.body", "body": error_body, "more_body": False})
             # The response is complete: stop the app instead of letting it stream into
-            # nothing (the app runs in this scope).
-            cancel_scope.cancel()
-            await anyio.lowlevel.checkpoint()
+            # nothing.
+            if cancel_scope is not None:
+                cancel_scope.cancel()
+                await anyio.lowlevel.checkpoint()
+            elif app_running:
+                raise _Answered  # caught below
 
-        with cancel_scope:
-            await self.app(scope, receive_watching, send_holding)
+        if self.resolver is None:
+            try:
+                await self.app(scope, receive_watching, send_holding)
+            except _Answered:
+                pass
+            except BaseExceptionGroup as group:  # an app that sends from a task group
+                rest = group.split(_Answered)[1]
+                if rest is not None:
+                    raise
+            app_running = False
+        else:
+            with anyio.CancelScope() as cancel_scope:
+                await self.app(scope, receive_watching, send_holding)
         if held is not None and not passthrough and not answered and not disconnected:
             # The app sent its head and returned without a body message.
             await release(held, _END)

@@ -13,10 +13,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from starlette.applications import Starlette
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.types import Scope
 
 from header_first_stream import (
     HeaderFirstMiddleware,
@@ -34,7 +32,7 @@ from header_first_stream._headers import (
     render_headers,
     validate_own_headers,
 )
-from header_first_stream._types import HeaderSource
+from header_first_stream._types import HeaderResolver, HeaderSource
 
 from ._asgi import call, http_scope
 
@@ -50,7 +48,7 @@ async def body() -> AsyncIterator[bytes]:
     yield b"hello"
 
 
-def resolver_of(headers: HeaderSource) -> object:
+def resolver_of(headers: HeaderSource) -> HeaderResolver:
     async def resolver() -> HeaderSource:
         return headers
 
@@ -477,82 +475,3 @@ async def test_the_limits_are_class_attributes_a_subclass_or_instance_may_change
     response = HeaderFirstStreamingResponse(body(), headers={"x-a": "a" * 100})
     response.max_head_size = 50
     assert (await call(response)).status == 500
-
-
-def middleware_app(endpoint_headers: dict[str, str] | None = None) -> Starlette:
-    async def endpoint(request: object) -> Response:
-        late_headers().update(endpoint_headers or {})
-        return PlainTextResponse("ok")
-
-    return Starlette(routes=[Route("/", endpoint)])
-
-
-@pytest.mark.anyio
-async def test_the_middleware_refuses_an_oversized_late_header_with_a_500(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    app = HeaderFirstMiddleware(middleware_app({"x-id": "1", "x-big": "v" * 9000}))
-    recorder = await call(app)
-    assert recorder.status == 500
-    assert recorder.headers == ERROR_500
-    assert recorder.body == b"Internal Server Error"
-    assert recorder.types == ["http.response.start", "http.response.body"]
-    assert error_records(caplog) == ["response head too large for /"]
-
-
-@pytest.mark.anyio
-async def test_the_middleware_resolver_failure_with_oversized_late_headers_drops_them(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    async def resolver(scope: Scope) -> HeaderSource:
-        raise RuntimeError("rate limiter down")
-
-    app = HeaderFirstMiddleware(middleware_app({"x-big": "v" * 9000}), resolver=resolver)
-    recorder = await call(app)
-    assert recorder.status == 500
-    assert recorder.headers == ERROR_500
-    assert error_records(caplog) == [
-        "header resolver failed for /",
-        "response head too large for /",
-    ]
-
-
-@pytest.mark.anyio
-async def test_the_middleware_stops_an_endless_app_after_answering_an_oversized_head() -> None:
-    pulled: list[int] = []
-
-    class Endless:  # not a generator: Starlette leaves those to the garbage collector
-        def __aiter__(self) -> Endless:
-            return self
-
-        async def __anext__(self) -> bytes:
-            pulled.append(1)
-            return b"x"
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        late_headers().add("x-big", "v" * 9000)
-        await StreamingResponse(Endless())(scope, receive, send)
-
-    recorder = await call(HeaderFirstMiddleware(app))
-    assert recorder.status == 500
-    assert recorder.body == b"Internal Server Error"
-    assert len(pulled) == 1
-
-
-@pytest.mark.anyio
-async def test_the_middleware_limits_are_class_attributes_too() -> None:
-    app = HeaderFirstMiddleware(middleware_app({"x-big": "v" * 9000}))
-    app.max_header_value_size = 10_000
-    recorder = await call(app)
-    assert recorder.status == 200
-    assert (b"x-big", b"v" * 9000) in recorder.headers
-
-
-@pytest.mark.anyio
-async def test_the_middleware_passes_a_head_it_did_not_change_unchecked() -> None:
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await PlainTextResponse("ok", headers={"x-big": "v" * 9000})(scope, receive, send)
-
-    recorder = await call(HeaderFirstMiddleware(app))
-    assert recorder.status == 200
-    assert (b"x-big", b"v" * 9000) in recorder.headers

@@ -13,7 +13,7 @@ inbound validation off, so that a connection-specific field would be seen.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import h2.exceptions
 import pytest
@@ -30,7 +30,7 @@ from header_first_stream import (
     late_headers,
 )
 from header_first_stream._headers import FRAMING_HEADERS, REFUSED_LATE_HEADERS
-from header_first_stream._types import HeaderSource
+from header_first_stream._types import HeaderResolver, HeaderSource
 
 from ._raw_http import Exchange, h2c_get, http1_get
 from ._servers import SERVERS, TRIO_SERVERS, serve
@@ -60,7 +60,7 @@ async def body() -> AsyncIterator[bytes]:
     yield b"hello"
 
 
-def resolver_of(name: str) -> Callable[[], object]:
+def resolver_of(name: str) -> HeaderResolver:
     async def resolver() -> HeaderSource:
         return {"x-ok": "1", name: HOSTILE[name]}
 
