@@ -81,8 +81,14 @@ async def resolve(
     path: str,
     max_value: int = DEFAULT_MAX_HEADER_VALUE_SIZE,
     max_head: int = DEFAULT_MAX_HEAD_SIZE,
+    *,
+    native_cancel: bool = True,
 ) -> RawHeaders:
     """Await ``call`` within ``seconds`` (``None``: no limit); return its validated headers.
+
+    ``native_cancel=False`` tells that this task is a child of the caller's own task
+    group, which a native asyncio ``Task.cancel()`` cannot reach: every cancellation it
+    sees is an anyio one, and the cancel scope that tells a native one apart is saved.
 
     Raises:
         ResolverFailed: It raised (a ``CancelledError`` too, when this task was not
@@ -91,31 +97,16 @@ async def resolve(
             is ``"error"`` (500, or 504 on timeout).
     """
     try:
-        foreign: BaseException | None = None
-        deadline = math.inf if seconds is None else anyio.current_time() + seconds
-        # One cancel scope for the deadline and for telling a CancelledError that the
-        # resolver raised on its own from a cancellation of this task. Cancelling the
-        # scope and passing a checkpoint asks anyio: the scope absorbs its own
-        # cancellation unless an enclosing one is cancelled too, or (asyncio) a native
-        # Task.cancel() landed while the scope was active, such as a timeout
-        # middleware's or the server's. anyio and trio cancellations are
-        # level-triggered, so a real one is seen again at that checkpoint.
-        with anyio.CancelScope(deadline=deadline) as scope:
+        if seconds is None and not native_cancel:
             try:
                 source = await call()
             except anyio.get_cancelled_exc_class() as exc:
-                if scope.cancel_called:
-                    raise  # the deadline: a timeout
-                foreign = exc
-                scope.cancel()
-                await anyio.lowlevel.checkpoint()
-        if foreign is not None:
-            raise ResolverCancelledError(
-                "the header resolver raised CancelledError, but its request was not "
-                "cancelled (it awaited something another task cancelled)"
-            ) from foreign
-        if scope.cancelled_caught:
-            raise _Timeout
+                # anyio and trio cancellations are level-triggered: a real one is seen
+                # again at this checkpoint, and propagates.
+                await anyio.lowlevel.checkpoint_if_cancelled()
+                raise _stray() from exc
+        else:
+            source = await _call_in_scope(call, seconds)
         # Validates, and refuses framing, connection-specific and server-owned headers.
         headers = render_headers(source)
         check_head_size(headers, max_value, max_head)
@@ -141,6 +132,37 @@ async def resolve(
             return []
         logger.exception("header resolver failed for %s", path)
         raise ResolverFailed(500, "Internal Server Error") from None
+
+
+async def _call_in_scope(
+    call: Callable[[], Awaitable[HeaderSource]], seconds: float | None
+) -> HeaderSource:
+    # One cancel scope for the deadline and for telling a CancelledError that the resolver
+    # raised on its own from a cancellation of this task. Cancelling the scope and passing
+    # a checkpoint asks anyio: the scope absorbs its own cancellation unless an enclosing
+    # one is cancelled too, or (asyncio) a native Task.cancel() landed while the scope was
+    # active, such as a timeout middleware's or the server's.
+    stray: BaseException | None = None
+    deadline = math.inf if seconds is None else anyio.current_time() + seconds
+    with anyio.CancelScope(deadline=deadline) as scope:
+        try:
+            return await call()
+        except anyio.get_cancelled_exc_class() as exc:
+            if scope.cancel_called:
+                raise  # the deadline
+            stray = exc
+            scope.cancel()
+            await anyio.lowlevel.checkpoint()
+    if stray is not None:
+        raise _stray() from stray
+    raise _Timeout
+
+
+def _stray() -> ResolverCancelledError:
+    return ResolverCancelledError(
+        "the header resolver raised CancelledError, but its request was not cancelled "
+        "(it awaited something another task cancelled)"
+    )
 
 
 def plain_error(reason: str, late: RawHeaders) -> tuple[RawHeaders, bytes]:

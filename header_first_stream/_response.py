@@ -414,6 +414,9 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             scope.get("path", ""),
             self.max_header_value_size,
             self.max_head_size,
+            # On the listening path this runs in a child task of the response's own task
+            # group, out of reach of a native asyncio cancellation.
+            native_cancel=self._task_group is None,
         )
 
     def _early_error_plan(self, scope: Scope, exc: Exception, late: RawHeaders) -> _Plan:
