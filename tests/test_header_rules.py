@@ -475,3 +475,13 @@ async def test_the_limits_are_class_attributes_a_subclass_or_instance_may_change
     response = HeaderFirstStreamingResponse(body(), headers={"x-a": "a" * 100})
     response.max_head_size = 50
     assert (await call(response)).status == 500
+
+
+@pytest.mark.anyio
+async def test_the_sse_response_refuses_its_own_framing_headers_too() -> None:
+    from header_first_stream import HeaderFirstEventSourceResponse
+
+    response = HeaderFirstEventSourceResponse(body(), ping=0, headers={"content-length": "9"})
+    recorder = await call(response)
+    assert recorder.status == 500
+    assert recorder.headers == ERROR_500

@@ -262,3 +262,23 @@ def test_why_te_is_refused_a_plain_response_carrying_it_breaks_over_http2(h2c: s
     # before HEADERS, a protocol error.
     with pytest.raises(h2.exceptions.ProtocolError, match="cannot receive data before headers"):
         h2c_get(h2c, "/plain-with-te")
+
+
+# --- the documented way to send your own `server` ------------------------------------
+
+
+def own_server(request: Request) -> Response:
+    return HeaderFirstStreamingResponse(body(), headers={"server": "gateway/1.0"})
+
+
+@pytest.mark.parametrize("server", ["uvicorn-h11", "uvicorn-httptools"])
+def test_an_own_server_header_is_the_only_one_once_the_servers_is_off(server: str) -> None:
+    app = Starlette(routes=[Route("/", own_server)])
+    with serve(app, server) as url:
+        duplicated = http1_get(url, "/")
+    with serve(app, server, server_header=False) as url:
+        single = http1_get(url, "/")
+    # Why a late `server` is refused: by default the server adds its own beside it.
+    assert duplicated.values(b"server") == [b"uvicorn", b"gateway/1.0"]
+    assert single.values(b"server") == [b"gateway/1.0"]
+    assert single.body == b"hello"
