@@ -149,7 +149,8 @@ class HeaderFirstMiddleware:
         resolver: An optional async callable taking the request's ASGI scope and returning
             more headers, as a mapping or (name, value) pairs (`int` values rendered as
             decimal text); awaited once per request, when the head is about to go out. It
-            may not set ``content-length`` or ``transfer-encoding``.
+            may not set framing, connection-specific or server-owned fields
+            (``REFUSED_LATE_HEADERS``, listed in ``docs/headers.md``).
         resolver_timeout: Seconds to wait for ``resolver``; ``None`` waits as long as it
             takes.
         on_resolver_error: What a failed, timed-out or invalid ``resolver`` leads to:
