@@ -31,6 +31,9 @@ Divergences from `starlette.responses.StreamingResponse` (each pinned by a parit
 - The body iterator is closed (``aclose()``/``close()``) on every exit; Starlette leaves an
   abandoned generator to the garbage collector.
 - Headers are validated before sending; an invalid one gives a 500, never a split head.
+  Its own ``content-length`` or ``transfer-encoding`` is invalid (the server frames the
+  stream), and so is a head over ``max_head_size`` or a value over
+  ``max_header_value_size`` (see ``docs/headers.md``).
 - While the head is held back, a disconnect is watched for on both ASGI paths (Starlette
   watches only below spec 2.4), so that a client that left cancels the resolver.
 - The disconnect listener never cancels the final body message: a server that closes
@@ -58,7 +61,15 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from ._headers import HeaderValidationError, merge_headers, validate_raw_headers
+from ._headers import (
+    DEFAULT_MAX_HEAD_SIZE,
+    DEFAULT_MAX_HEADER_VALUE_SIZE,
+    HeaderValidationError,
+    check_head_size,
+    frame_complete_response,
+    merge_headers,
+    validate_own_headers,
+)
 from ._late import take_late_headers
 from ._resolve import (
     ResolverErrorPolicy,
@@ -181,8 +192,9 @@ class HeaderFirstStreamingResponse(StreamingResponse):
     Headers are merged in this order, a later source replacing every header of the same
     name from an earlier one: the response's own headers, the request's `late_headers`,
     then the resolver's. A resolver may set ``content-type`` (for the stream: an error
-    response sent instead keeps its own); it may not set ``content-length`` or
-    ``transfer-encoding`` (the server frames the stream), which is an invalid-header
+    response sent instead keeps its own); it may not set framing (``content-length``,
+    ``transfer-encoding``), connection-specific or server-owned fields
+    (``REFUSED_LATE_HEADERS``, listed in ``docs/headers.md``), which is an invalid-header
     failure.
 
     Subclasses: Starlette's extension points work as in Starlette.
@@ -250,6 +262,12 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         cls._own_stream_response = (
             cls.stream_response is not HeaderFirstStreamingResponse.stream_response
         )
+
+    max_header_value_size: int = DEFAULT_MAX_HEADER_VALUE_SIZE
+    """Bytes one header value may hold; a longer one is an invalid header."""
+
+    max_head_size: int = DEFAULT_MAX_HEAD_SIZE
+    """Bytes the headers of the head may hold, counted as ``name: value\\r\\n`` each."""
 
     def __init__(
         self,
@@ -440,6 +458,20 @@ class HeaderFirstStreamingResponse(StreamingResponse):
 
     async def _prepare(self, scope: Scope) -> _Prepared:
         """Decide the head: run the peek and the resolver; send nothing."""
+        return self._checked(scope, await self._decide(scope))
+
+    def _checked(self, scope: Scope, prepared: _Prepared) -> _Prepared:
+        try:  # once per head, whichever head was decided
+            check_head_size(
+                prepared.start["headers"], self.max_header_value_size, self.max_head_size
+            )
+        except HeaderValidationError:
+            logger.exception("response head too large for %s", scope.get("path", ""))
+            # The late headers or the app's own made it so: an error without either.
+            return _error(500, "Internal Server Error", [])
+        return prepared
+
+    async def _decide(self, scope: Scope) -> _Prepared:
         first_chunk: bytes | memoryview | None = None
         first_item: Any = None  # the first chunk as the iterator gave it, for the resolver
         body_ended = False
@@ -476,7 +508,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         resolved: RawHeaders,
     ) -> _Prepared:
         try:
-            validate_raw_headers(own)
+            validate_own_headers(own, type(self).__name__)
         except HeaderValidationError:
             logger.exception("invalid response header for %s", scope.get("path", ""))
             return _error(500, "Internal Server Error", late)
@@ -489,7 +521,15 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         resolver: Any = self.header_resolver
         call: Any = (lambda: resolver(first)) if self.peek_first_chunk else resolver
         return await resolve(
-            call, self.resolver_timeout, self.on_resolver_error, scope.get("path", "")
+            call,
+            self.resolver_timeout,
+            self.on_resolver_error,
+            scope.get("path", ""),
+            self.max_header_value_size,
+            self.max_head_size,
+            # It runs in the request's own task, where a native asyncio cancellation
+            # (a timeout middleware, the server) can land.
+            native_cancel=True,
         )
 
     def _early_error(self, scope: Scope, exc: Exception, late: RawHeaders) -> _Prepared:
@@ -517,13 +557,16 @@ class HeaderFirstStreamingResponse(StreamingResponse):
                 path,
             )
             response = _default_early_error()
+        body: bytes | memoryview = response.body
         try:
-            validate_raw_headers(response.raw_headers)
+            # This package sends that response itself: its framing is computed here.
+            own = frame_complete_response(response.status_code, response.raw_headers, body, path)
         except HeaderValidationError:
             logger.exception("invalid header in the early error response for %s", path)
             response = _default_early_error()
-        body: bytes | memoryview = response.body
-        headers = merge_headers(list(response.raw_headers), without_content_type(late))
+            body = response.body
+            own = response.raw_headers
+        headers = merge_headers(list(own), without_content_type(late))
         return _Prepared(_start(response.status_code, headers), error_body=body)
 
     # -- the body ------------------------------------------------------------------------
@@ -659,8 +702,11 @@ class _HeadFirstSend:
             prepared = _error(failed.status, failed.reason, late)
         else:
             own = [(bytes(name), bytes(value)) for name, value in message.get("headers", ())]
-            prepared = response._merged_head(
-                scope, message.get("status", response.status_code), own, late, resolved
+            prepared = response._checked(
+                scope,
+                response._merged_head(
+                    scope, message.get("status", response.status_code), own, late, resolved
+                ),
             )
         await anyio.lowlevel.checkpoint_if_cancelled()  # invariant 6
         if self._listening is not None:
