@@ -36,9 +36,10 @@ Divergences from `starlette.responses.StreamingResponse` (each pinned by a parit
   ``max_header_value_size`` (see ``docs/headers.md``).
 - While the head is held back, a disconnect is watched for on both ASGI paths (Starlette
   watches only below spec 2.4), so that a client that left cancels the resolver.
-- The disconnect listener never cancels the final body message: a server that closes
-  the connection inside it (hypercorn's trio worker, on ``Connection: close``) is not cut
-  off half-way, which with Starlette's class leaves the connection open.
+- A disconnect (or the server's exit) seen while the final body message is being sent
+  cancels it only if it is still stalled `FINAL_SEND_GRACE` seconds later: a server that
+  closes the connection inside it (hypercorn's trio worker, on ``Connection: close``) is
+  not cut off half-way, which with Starlette's class leaves the connection open.
 - Background tasks also run after the error responses this class sends itself.
 - The body runs in the request's own task (Starlette runs it in a child task below spec
   2.4): context variables the endpoint set are the same object, not a copy.
@@ -85,6 +86,9 @@ from ._types import ChunkHeaderResolver, EarlyErrorHandler, HeaderResolver, RawH
 __all__ = ["HeaderFirstStreamingResponse"]
 
 logger = logging.getLogger("header_first_stream")
+
+FINAL_SEND_GRACE = 0.25
+"""Seconds a final body message may still take once the client left or the server exits."""
 
 # A tuple built once: `isinstance(x, bytes | memoryview)` builds a union on every call,
 # ~70 ns, a quarter of what raw ASGI costs per chunk.
@@ -397,10 +401,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
     ) -> None:
         with listening or _NO_SCOPE:  # cancelled by the response once its head is out
             await self._wait_for_disconnect(receive)
-            # A disconnect seen while the last message is being sent must not cut that
-            # send short (see `_send_last`): the group waits for it instead.
-            if not self._ending:
-                response.cancel()
+            await self._stop(response)
 
     async def _wait_for_disconnect(self, receive: Receive) -> None:
         """The listener's wait; a subclass may do more while it waits (pings)."""
@@ -409,20 +410,20 @@ class HeaderFirstStreamingResponse(StreamingResponse):
     def _on_server_exit(self, group: anyio.abc.TaskGroup) -> None:
         if self.shutdown_event is not None:
             self.shutdown_event.set()
-        if self.shutdown_grace_period > 0:
-            # A body that ends by itself meanwhile ends the group, and this wait with it.
-            group.start_soon(self._cut_off, group.cancel_scope, self.shutdown_grace_period)
-        else:
-            self._cut_off_now(group.cancel_scope)
+        logger.info("server shutting down: ending an open stream")
+        # A body that ends by itself meanwhile ends the group, and this task with it.
+        group.start_soon(self._stop, group.cancel_scope, self.shutdown_grace_period)
 
-    async def _cut_off(self, response: anyio.CancelScope, after: float) -> None:
-        await anyio.sleep(after)
-        self._cut_off_now(response)
-
-    def _cut_off_now(self, response: anyio.CancelScope) -> None:
-        if not self._ending:  # the final message is on its way: let it finish
-            logger.info("server shutting down: ending an open stream")
-            response.cancel()
+    async def _stop(self, response: anyio.CancelScope, after: float = 0) -> None:
+        """Cancel the response (the client left, or the server exits), after ``after``."""
+        if after:
+            await anyio.sleep(after)
+        if self._ending:
+            # The final message is being sent. A server may close the connection inside
+            # that send (hypercorn does, on `Connection: close`) and report a disconnect:
+            # cut it short only if it stalls, never half-way through a closing send.
+            await anyio.sleep(FINAL_SEND_GRACE)
+        response.cancel()
 
     async def _respond(
         self,

@@ -31,6 +31,7 @@ from header_first_stream import (
     HeaderFirstStreamingResponse,
     late_headers,
 )
+from header_first_stream._response import FINAL_SEND_GRACE
 
 from ._asgi import (
     END,
@@ -253,3 +254,25 @@ async def test_a_cleanup_that_swallows_its_deadline_is_logged_as_cut_short(
     assert [(r.levelname, r.getMessage()) for r in caplog.records if r.name == LOGGER] == [
         ("WARNING", "closing the body iterator took over 0.05s")
     ]
+
+
+@pytest.mark.parametrize("spec", ["2.3", "2.4"])
+async def test_a_final_send_that_stalls_after_the_client_left_is_cut_after_the_grace(
+    spec: str,
+) -> None:
+    final_started = anyio.Event()
+
+    async def stalls_on_the_end(message: Message) -> None:
+        if message["type"] == "http.response.body" and not message["more_body"]:
+            final_started.set()
+            await anyio.sleep_forever()
+
+    async def leaves_during_the_end() -> Message:
+        await final_started.wait()
+        return {"type": "http.disconnect"}
+
+    response = HeaderFirstStreamingResponse(words(b"a"), end_on_shutdown=True)
+    began = anyio.current_time()
+    with anyio.fail_after(2):
+        await response(http_scope(spec_version=spec), leaves_during_the_end, stalls_on_the_end)
+    assert anyio.current_time() - began >= FINAL_SEND_GRACE

@@ -273,3 +273,18 @@ async def test_sse_starlettes_exit_hook_replaced_on_an_instance_ends_the_stream(
     response._listen_for_exit_signal = wait_for_exit  # type: ignore[method-assign]
     await run_until_shutdown(response, exit_now.set, within=1)
     assert log == ["finally"]
+
+
+async def test_a_final_send_that_stalls_through_a_shutdown_is_cut_after_the_grace() -> None:
+    async def stalls_on_the_end(message: Message) -> None:
+        if message["type"] == "http.response.body" and not message["more_body"]:
+            begin_shutdown()
+            await anyio.sleep_forever()
+
+    async def short() -> AsyncIterator[bytes]:
+        yield b"a"
+
+    response = HeaderFirstStreamingResponse(short(), end_on_shutdown=True)
+    with anyio.fail_after(2):
+        await response(http_scope(), receive_nothing(), stalls_on_the_end)
+    assert response._closed
