@@ -1,0 +1,164 @@
+"""pytest plugin: a peer's own test suite, run against header-first-stream's classes.
+
+`scripts/test-peers` loads it (``-p hfs_peers --peer NAME``) into the released tests of
+Starlette (``--peer starlette``) and sse-starlette (``--peer sse-starlette``). Before any
+conftest or test module is imported, it replaces
+
+- ``starlette.responses.StreamingResponse`` with `HeaderFirstStreamingResponse`;
+- ``sse_starlette.EventSourceResponse`` and ``sse_starlette.sse.EventSourceResponse`` with
+  `HeaderFirstEventSourceResponse`,
+
+so ``from starlette.responses import StreamingResponse`` in a test gets ours.
+
+It proves the substitution happened, three ways: the collected test modules must hold no
+original class (and at least one must hold ours); the originals' ``__call__`` raises if an
+instance that is not ours runs; and the summary names what was replaced.
+
+`DESELECTED` is the one list of the peers' tests that are not run, each with its reason:
+only tests that reach into the original's private attributes or internals. A listed test
+that no longer exists is an error, so the list cannot go stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+# Each entry: a node id, or a prefix of node ids (a file, a class, a test without its
+# parameters), relative to the peer's rootdir, and why it is not run.
+DESELECTED: dict[str, dict[str, str]] = {
+    "starlette": {},
+    "sse-starlette": {
+        "tests/test_broadcasting_example.py": (
+            "tests examples/02_broadcasting.py, which the sdist does not ship; it tests "
+            "the example's own queue (MessageBroadcaster), not EventSourceResponse"
+        ),
+    },
+}
+
+_REPLACED: list[tuple[str, str]] = []
+
+
+def _substitute() -> None:
+    import sse_starlette
+    import sse_starlette.sse
+    import starlette.responses
+
+    from header_first_stream import HeaderFirstEventSourceResponse, HeaderFirstStreamingResponse
+
+    original_streaming = starlette.responses.StreamingResponse
+    original_sse = sse_starlette.sse.EventSourceResponse
+    if original_streaming is HeaderFirstStreamingResponse:
+        return  # already done (pytest may configure twice, e.g. under pytester)
+    _guard(original_streaming, HeaderFirstStreamingResponse)
+    _guard(original_sse, HeaderFirstEventSourceResponse)
+    starlette.responses.StreamingResponse = HeaderFirstStreamingResponse  # type: ignore[misc]
+    sse_starlette.EventSourceResponse = HeaderFirstEventSourceResponse
+    sse_starlette.sse.EventSourceResponse = HeaderFirstEventSourceResponse
+    _ORIGINALS[original_streaming] = HeaderFirstStreamingResponse
+    _ORIGINALS[original_sse] = HeaderFirstEventSourceResponse
+    _REPLACED.extend(
+        [
+            ("starlette.responses.StreamingResponse", "HeaderFirstStreamingResponse"),
+            ("sse_starlette.EventSourceResponse", "HeaderFirstEventSourceResponse"),
+            ("sse_starlette.sse.EventSourceResponse", "HeaderFirstEventSourceResponse"),
+        ]
+    )
+
+
+_ORIGINALS: dict[type, type] = {}
+
+
+def _guard(original: type, substitute: type) -> None:
+    # An instance of the original class (not of ours, which may call up to it) that runs
+    # means a test escaped the substitution: fail that test loudly.
+    original_call = original.__call__
+
+    async def guarded_call(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        if not isinstance(self, substitute):
+            raise AssertionError(
+                f"the original {original.__module__}.{original.__qualname__} ran "
+                f"({type(self).__qualname__}) instead of {substitute.__qualname__}: "
+                "the substitution missed this test"
+            )
+        await original_call(self, scope, receive, send)
+
+    original.__call__ = guarded_call  # type: ignore[method-assign]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--peer",
+        choices=sorted(DESELECTED),
+        required=True,
+        help="whose test suite this is: selects the list of deselected tests",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    _substitute()
+
+
+def _matches(nodeid: str, entry: str) -> bool:
+    return nodeid == entry or nodeid.startswith((entry + "::", entry + "["))
+
+
+def _modules(items: list[pytest.Item]) -> Iterator[Any]:
+    seen: set[int] = set()
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and id(module) not in seen:
+            seen.add(id(module))
+            yield module
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    listed = DESELECTED[config.getoption("--peer")]
+    unused = set(listed)
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        entry = next((e for e in listed if _matches(item.nodeid, e)), None)
+        if entry is None:
+            kept.append(item)
+        else:
+            unused.discard(entry)
+            dropped.append(item)
+    if unused:
+        raise pytest.UsageError(
+            f"DESELECTED in {__file__} lists tests that were not collected: "
+            f"{sorted(unused)} (remove them from the list)"
+        )
+    holding_ours = 0
+    for module in _modules(kept):
+        for name, value in vars(module).items():
+            for original, ours in _ORIGINALS.items():
+                if value is original:
+                    raise pytest.UsageError(
+                        f"{module.__name__}.{name} is the original {original.__qualname__}, "
+                        f"not {ours.__qualname__}: the substitution came too late"
+                    )
+                if value is ours:
+                    holding_ours += 1
+    if not holding_ours:
+        raise pytest.UsageError(
+            "no collected test module holds a substituted class: these tests would not "
+            "test header-first-stream"
+        )
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [f"hfs_peers: {old} is {new}" for old, new in _REPLACED]
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    listed = DESELECTED[config.getoption("--peer")]
+    terminalreporter.section("deselected by hfs_peers (tests of private internals)")
+    for entry, reason in listed.items():
+        terminalreporter.write_line(f"{entry}: {reason}")
