@@ -35,6 +35,70 @@ DESELECTED: dict[str, dict[str, str]] = {
             "tests examples/02_broadcasting.py, which the sdist does not ship; it tests "
             "the example's own queue (MessageBroadcaster), not EventSourceResponse"
         ),
+        # Replace the private shutdown watcher on the instance (monkeypatch, raising=True).
+        **dict.fromkeys(
+            [
+                "tests/test_sse.py::TestEventSourceResponse::"
+                "test_send_whenInterrupted_thenClosesSuspendedGenerator",
+                "tests/test_issue217.py::"
+                "test_send_whenInterruptedAndCleanupStuck_thenDeadlineCancelsCleanup",
+                "tests/test_issue217.py::"
+                "test_closingFrame_whenSendStalls_thenInterruptionEndsResponse",
+            ],
+            "replaces the private method _listen_for_exit_signal on the response",
+        ),
+        # Call the private watcher on the class and drive AppStatus's signal handler.
+        **dict.fromkeys(
+            [
+                "tests/test_multi_loop.py::TestIssue149HandleExitSignaling::"
+                "test_handle_exit_wakes_waiting_task",
+                "tests/test_multi_loop.py::TestIssue149HandleExitSignaling::"
+                "test_handle_exit_wakes_multiple_waiting_tasks",
+                "tests/test_multi_loop.py::TestIssue149HandleExitSignaling::"
+                "test_manual_shutdown_ignores_signal",
+                "tests/test_multi_loop.py::TestUvicornIntrospection::"
+                "test_uvicorn_should_exit_ignored_when_disabled",
+            ],
+            "awaits the private EventSourceResponse._listen_for_exit_signal() directly "
+            "(and AppStatus.handle_exit/original_handler, its uvicorn patch)",
+        ),
+        **dict.fromkeys(
+            [
+                "tests/test_sse.py::TestEventSourceResponse::"
+                "test_ping_whenTimerTicks_thenSendsOneMessagePerTick",
+                "tests/test_sse.py::TestEventSourceResponse::"
+                "test_ping_whenSendTimesOut_thenRaisesSendTimeoutError",
+            ],
+            "calls the private method _ping(send), stops it through the attribute "
+            "`active` and patches sse_starlette.sse.anyio.sleep",
+        ),
+        # Count log records by sse-starlette's logger name ("sse_starlette.sse").
+        **dict.fromkeys(
+            [
+                "tests/test_sse.py::TestEventSourceResponse::"
+                f"test_stream_whenEncodingFails_thenClosesSuspendedGenerator[{p}]"
+                for p in (
+                    "asyncio-True-unknown_field",
+                    "asyncio-True-retry",
+                    "asyncio-True-string",
+                    "trio-True-unknown_field",
+                    "trio-True-retry",
+                    "trio-True-string",
+                )
+            ]
+            + [
+                "tests/test_issue217.py::"
+                "test_stream_whenEncodingFailsAndCleanupStuck_thenDeadlineCancelsCleanup",
+                "tests/test_issue217.py::"
+                "test_send_whenCleanupSwallowsDeadlineCancellation_thenStillWarns",
+            ],
+            "expects a log record from the logger named 'sse_starlette.sse'",
+        ),
+        "tests/test_sse.py::TestEventSourceResponse::"
+        "test_disconnect_whenClientDisconnects_thenHandlesGracefully": (
+            "asserts sse-starlette's DEBUG log text \"chunk: b'data: 4...'\" (its logger's "
+            "internal messages), through an httpx_client fixture its sdist does not ship"
+        ),
     },
 }
 
