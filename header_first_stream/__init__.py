@@ -14,6 +14,7 @@ from ._late import LateHeaders, late_headers
 from ._middleware import HeaderFirstMiddleware, ScopeHeaderResolver
 from ._normalize import HiddenParamsDict, get_additional_headers, normalize_response
 from ._response import HeaderFirstStreamingResponse
+from ._shutdown import begin_shutdown
 from ._types import ChunkHeaderResolver, EarlyErrorHandler, HeaderResolver, HeaderSource
 
 if _TYPE_CHECKING:  # pragma: no cover - for type checkers; imported on first use below
@@ -33,6 +34,7 @@ __all__ = [  # and _LAZY_NAMES, below
     "LateHeaders",
     "ScopeHeaderResolver",
     "__version__",
+    "begin_shutdown",
     "get_additional_headers",
     "late_headers",
     "normalize_response",

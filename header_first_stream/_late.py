@@ -129,15 +129,25 @@ def late_headers(request: Scope | _HasScope | None = None) -> LateHeaders:
                 "add the middleware, or pass the Request or ASGI scope"
             ) from None
     scope: Scope = request if isinstance(request, dict) else request.scope  # type: ignore[union-attr]
-    store: LateHeaders | None = scope.get(SCOPE_KEY)
-    if store is None:
-        store = scope[SCOPE_KEY] = LateHeaders(scope.get("path", ""))
-    return store
+    store: LateHeaders | object | None = scope.get(SCOPE_KEY)
+    if isinstance(store, LateHeaders):
+        return store
+    created = scope[SCOPE_KEY] = LateHeaders(scope.get("path", ""))
+    if store is _HEAD_SENT:
+        created._sent = True  # the head went out before anything asked for the store
+    return created
+
+
+# Put in the scope by a head that went out before any store was asked for: a store asked
+# for later knows that its headers can no longer be sent. A marker, not a store, so that
+# responses whose requests never add a header allocate nothing.
+_HEAD_SENT = object()
 
 
 def take_late_headers(scope: Scope) -> RawHeaders:
     """Return the request's late headers and mark them sent; ``[]`` when it has none."""
-    store: LateHeaders | None = scope.get(SCOPE_KEY)
-    if store is None:
-        return []
-    return store.take()
+    store: LateHeaders | object | None = scope.get(SCOPE_KEY)
+    if isinstance(store, LateHeaders):
+        return store.take()
+    scope[SCOPE_KEY] = _HEAD_SENT
+    return []

@@ -44,8 +44,6 @@ logger = logging.getLogger("header_first_stream")
 ScopeHeaderResolver: TypeAlias = Callable[[Scope], Awaitable[HeaderSource]]
 """An async callable taking the request's ASGI scope and returning late headers."""
 
-_END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
-
 
 class HeaderFirstMiddleware:
     """Send every late header of a request on its response, whatever the response class.
@@ -233,7 +231,7 @@ class HeaderFirstMiddleware:
                 await self.app(scope, receive_watching, send_holding)
         if held is not None and not passthrough and not answered and not disconnected:
             # The app sent its head and returned without a body message.
-            await release(held, _END)
+            await release(held, {"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _head(
         self, scope: Scope, start: Message, store: LateHeaders

@@ -1,7 +1,7 @@
 """`HeaderFirstStreamingResponse`: Starlette's `StreamingResponse`, with its head held back
 until the late headers are known.
 
-Invariants, enforced in `__call__` and `_prepare` below:
+Invariants, enforced in `__call__`, `_respond` and `_prepare` below:
 
 1. ``http.response.start`` is sent exactly once, and only after the header resolver
    returned (or failed, in which case the head is that of an error response: a failed
@@ -12,18 +12,22 @@ Invariants, enforced in `__call__` and `_prepare` below:
    character reaches the server, whatever the server itself checks.
 4. The body iterator is closed when the response ends for any reason: finished, raised,
    client disconnected, cancelled, HEAD, or an error response sent instead.
-5. One task pulls every chunk and closes the iterator, so a generator that holds a context
-   variable across its yields (a tracing span) sees one task and one context from its
-   first chunk to its ``finally``; one that holds a cancel scope (a deadline) works when it
-   runs to its end, but, as anyio and trio document for async generators, not when it is
-   closed early.
-6. A client that left while the head was held back gets nothing: no head is sent once the
-   response's task was cancelled, even if the resolver ended without noticing.
+5. The request's own task prepares the head, pulls every chunk and closes the iterator, so
+   a generator that holds a context variable across its yields (a tracing span) sees one
+   task and one context from its first chunk to its ``finally``; one that holds a cancel
+   scope (a deadline) works when it runs to its end, but, as anyio and trio document for
+   async generators, not when it is closed early.
+6. One signal says "stop": the cancellation of the response's task group, by the
+   disconnect listener (the client left), by the server-exit watcher, or from outside.
+   No head is sent once it was given, even if the resolver ended without noticing.
+7. No message object and no headers list this class sends is shared with another
+   response: any middleware may change what it is given.
 
 Divergences from `starlette.responses.StreamingResponse` (each pinned by a parity test):
 
 - HEAD: the resolver runs and the head is sent, but the body is never iterated (an
-  endless stream would otherwise hang a HEAD request); the iterator is closed.
+  endless stream would otherwise hang a HEAD request); the iterator is closed. A scope's
+  method is compared case-insensitively, as sse-starlette does.
 - The body iterator is closed (``aclose()``/``close()``) on every exit; Starlette leaves an
   abandoned generator to the garbage collector.
 - Headers are validated before sending; an invalid one gives a 500, never a split head.
@@ -33,16 +37,17 @@ Divergences from `starlette.responses.StreamingResponse` (each pinned by a parit
   the connection inside it (hypercorn's trio worker, on ``Connection: close``) is not cut
   off half-way, which with Starlette's class leaves the connection open.
 - Background tasks also run after the error responses this class sends itself.
+- The body runs in the request's own task (Starlette runs it in a child task below spec
+  2.4): context variables the endpoint set are the same object, not a copy.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import types
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import contextmanager
-from typing import Any, TypeAlias
+from contextlib import contextmanager, suppress
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.abc
@@ -53,11 +58,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from ._headers import (
-    HeaderValidationError,
-    merge_headers,
-    validate_raw_headers,
-)
+from ._headers import HeaderValidationError, merge_headers, validate_raw_headers
 from ._late import take_late_headers
 from ._resolve import (
     ResolverErrorPolicy,
@@ -67,26 +68,33 @@ from ._resolve import (
     resolve,
     without_content_type,
 )
+from ._shutdown import check_shutdown_options, wait_for_server_exit
 from ._types import ChunkHeaderResolver, EarlyErrorHandler, HeaderResolver, RawHeaders
 
 __all__ = ["HeaderFirstStreamingResponse"]
 
 logger = logging.getLogger("header_first_stream")
 
-
-# Markers for the first chunk: not pulled yet, or the iterator ended before giving one.
-_NOT_PEEKED: Any = object()
-_EMPTY: Any = object()
-
-_END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
-
 # A tuple built once: `isinstance(x, bytes | memoryview)` builds a union on every call,
 # ~70 ns, a quarter of what raw ASGI costs per chunk.
 _BYTES_TYPES = (bytes, memoryview)
 
-# A prepared response: the start message, the first chunk (or a marker), and for a
-# complete response that replaces the stream (an error), its body.
-_Plan: TypeAlias = tuple[Message, Any, bytes | memoryview | None]
+
+class _Prepared(NamedTuple):
+    """The head a response decided on, and what follows it; nothing of it sent yet."""
+
+    start: Message
+    """The ``http.response.start`` message, with its own headers list."""
+    first_chunk: bytes | memoryview | None = None
+    """The peeked first chunk, encoded; ``None`` when there was no peek."""
+    body_ended: bool = False
+    """The body ended during the peek, before its first chunk."""
+    error_body: bytes | memoryview | None = None
+    """The body of an error response sent instead of the stream."""
+
+
+class _Answered(Exception):
+    """A subclass's `stream_response` is stopped: an error response was sent instead."""
 
 
 @contextmanager
@@ -104,8 +112,12 @@ def _collapse_excgroups() -> Iterator[None]:
 
 
 def _deny_websocket(send: Send) -> Send:
+    # As Starlette's `Response._wrap_websocket_denial_send` (private, so mirrored here).
     async def wrapped(message: Message) -> None:
-        await send({**message, "type": "websocket." + message["type"]})
+        message_type = message["type"]
+        if message_type in ("http.response.start", "http.response.body"):
+            message = {**message, "type": "websocket." + message_type}
+        await send(message)
 
     return wrapped
 
@@ -124,13 +136,19 @@ def _spec_at_least_2_4(scope: Scope) -> bool:
     return known
 
 
-def _simple(status: int, raw_headers: RawHeaders, body: bytes | memoryview) -> _Plan:
-    start = {"type": "http.response.start", "status": status, "headers": raw_headers}
-    return start, _NOT_PEEKED, body
+def _is_head(scope: Scope) -> bool:
+    # Starlette never reads the method on this path: a scope without one is a GET here.
+    method = scope.get("method")
+    return method is not None and method.upper() == "HEAD"
 
 
-def _plain_error(status: int, reason: str, late: RawHeaders) -> _Plan:
-    return _simple(status, *plain_error(reason, late))
+def _start(status: int, headers: RawHeaders) -> Message:
+    return {"type": "http.response.start", "status": status, "headers": headers}
+
+
+def _error(status: int, reason: str, late: RawHeaders) -> _Prepared:
+    headers, body = plain_error(reason, late)
+    return _Prepared(_start(status, headers), error_body=body)
 
 
 def _default_early_error() -> Response:
@@ -160,6 +178,17 @@ class HeaderFirstStreamingResponse(StreamingResponse):
     ``transfer-encoding`` (the server frames the stream), which is an invalid-header
     failure.
 
+    Subclasses: Starlette's extension points work as in Starlette.
+
+    - ``stream_response(send)``: override it to frame the body yourself. The head it sends
+      is held back and merged with the late headers, validated and, if the resolver fails,
+      replaced by the error response (the override is then stopped). It cannot be combined
+      with ``peek_first_chunk`` (the override pulls the body itself): a `TypeError` at
+      construction. HEAD is then the override's to answer.
+    - ``listen_for_disconnect(receive)``: the disconnect listener's wait, on every path
+      where this class listens.
+    - ``init_headers``, ``set_cookie``, ``delete_cookie``, ``headers``: as in Starlette.
+
     Args:
         content: An async iterable, or a sync iterable (iterated in a thread), of
             `str`/`bytes`/`memoryview` chunks.
@@ -186,14 +215,34 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             before the first chunk to the `Response` to send (its status, headers and
             body; the late headers are added). Return ``None`` for the default ``502``
             with a JSON body ``{"error": {...}}`` that leaks nothing of the exception.
+        end_on_shutdown: End the stream when the server shuts down (see
+            `begin_shutdown`; uvicorn's exit signal is noticed by itself), so that an
+            endless stream does not hold the server's graceful shutdown until its
+            timeout. The generator is closed (its ``finally`` runs) and the stream is cut
+            off without its final chunk, so the client sees an incomplete response, not
+            a finished one.
+        shutdown_event: With ``end_on_shutdown=True``: set when the shutdown is noticed,
+            so the generator can end by itself (say goodbye) before it is cut off.
+        shutdown_grace_period: Seconds between setting ``shutdown_event`` and cutting
+            the stream off; ``0`` cuts it off at once.
 
     Raises:
         ValueError: An option is out of range.
-        TypeError: ``header_resolver`` or ``early_error_handler`` is not callable.
+        TypeError: ``header_resolver`` or ``early_error_handler`` is not callable, or a
+            subclass that overrides ``stream_response`` asks for ``peek_first_chunk``.
     """
 
     cleanup_timeout: float | None = 30.0
     """Seconds closing the body iterator may take before it is abandoned (logged)."""
+
+    # Set per subclass: whether it frames the body in its own `stream_response`.
+    _own_stream_response = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._own_stream_response = (
+            cls.stream_response is not HeaderFirstStreamingResponse.stream_response
+        )
 
     def __init__(
         self,
@@ -208,6 +257,9 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         on_resolver_error: ResolverErrorPolicy = "error",
         peek_first_chunk: bool = False,
         early_error_handler: EarlyErrorHandler | None = None,
+        end_on_shutdown: bool = False,
+        shutdown_event: anyio.Event | None = None,
+        shutdown_grace_period: float = 0,
     ) -> None:
         check_options("header_resolver", header_resolver, resolver_timeout, on_resolver_error, "")
         if early_error_handler is not None and not callable(early_error_handler):
@@ -220,6 +272,13 @@ class HeaderFirstStreamingResponse(StreamingResponse):
                 "early_error_handler needs peek_first_chunk=True: without the peek, the head "
                 "is sent before the first chunk, so there is no early error to answer"
             )
+        if peek_first_chunk and self._own_stream_response:
+            raise TypeError(
+                f"{type(self).__name__} overrides stream_response(), which pulls the body "
+                "itself, so peek_first_chunk=True cannot be honoured; peek in your "
+                "stream_response, or do not override it"
+            )
+        check_shutdown_options(end_on_shutdown, shutdown_event, shutdown_grace_period)
         super().__init__(content, status_code, headers, media_type, background)
         # Starlette wraps a sync iterable in a thread-pool async generator; closing that
         # wrapper does not close the iterable itself, so keep it to close it too.
@@ -229,155 +288,165 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         self.on_resolver_error: ResolverErrorPolicy = on_resolver_error
         self.peek_first_chunk = peek_first_chunk
         self.early_error_handler = early_error_handler
-        # The iterator the peek and the loop share; created on first use, because an app
-        # may still replace `body_iterator` after construction, as with Starlette's.
-        self._started: AsyncIterator[Any] | None = None
-        self._finished = False
+        self.end_on_shutdown = end_on_shutdown
+        self.shutdown_event = shutdown_event
+        self.shutdown_grace_period = shutdown_grace_period
+        # Body state. The iterator the peek and the loop share is created on first use,
+        # because an app may still replace `body_iterator` after construction.
+        self._iterating: AsyncIterator[Any] | None = None
+        self._exhausted = False  # the iterator ended by itself
         self._closed = False
-        # The task group of the disconnect listener, while the whole response runs in it
-        # (below ASGI spec 2.4); a subclass may start its own tasks there.
-        self._task_group: anyio.abc.TaskGroup | None = None
-        self._ending = False  # the final body message is being sent
+        # The final body message is being sent: the listener must not cut it short.
+        self._ending = False
+
+    # -- orchestration -------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            if scope["type"] != "http":
-                send = _deny_websocket(send)
-                await self._stream(scope, send, await self._prepare(scope))
-            elif _spec_at_least_2_4(scope):
-                await self._call_spec_2_4(scope, receive, send)
+            if scope["type"] == "websocket":
+                await self._respond(scope, _deny_websocket(send), None)
+            elif not _spec_at_least_2_4(scope):
+                await self._respond_listening(scope, receive, send, to_the_end=True)
             else:
-                await self._call_listening(scope, receive, send)
+                # From spec 2.4 a disconnect shows as OSError from send(); a listener is
+                # needed only while the head waits, or for work that lasts the stream.
+                try:
+                    if self._listens_to_the_end():
+                        await self._respond_listening(scope, receive, send, to_the_end=True)
+                    elif self._head_waits():
+                        await self._respond_listening(scope, receive, send, to_the_end=False)
+                    else:
+                        await self._respond(scope, send, None)
+                except OSError as exc:
+                    raise ClientDisconnect() from exc
         finally:
             await self._close_once()
         if self.background is not None:
             await self.background()
 
-    async def _call_spec_2_4(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Here a disconnect shows as OSError from send(). While the head is held back
-        # nothing is sent, so a listener task watches for the disconnect until the head
-        # is ready, and no longer: the stream then holds no task group (memory per open
-        # stream), and this task peeks, streams and closes (one task for the body).
-        if self.peek_first_chunk:
-            # The peek enters the body, so the task that peeks must also stream and close
-            # inside one task group: a generator holding a cancel scope across its yields
-            # (a deadline) would otherwise have it nested in a group exited before it.
-            try:
-                with _collapse_excgroups():
-                    async with anyio.create_task_group() as task_group:
-                        listening = anyio.CancelScope()
-                        task_group.start_soon(
-                            self._respond_then_cancel, scope, send, task_group, listening
-                        )
-                        with listening:  # cancelled by the response once its head is ready
-                            await self.listen_for_disconnect(receive)
-                            task_group.cancel_scope.cancel()
-            except OSError as exc:
-                raise ClientDisconnect() from exc
-            return
-        if self.header_resolver is None:
-            plan = await self._prepare(scope)  # nothing to wait for
-        else:
-            left: list[bool] = []
-            with _collapse_excgroups():
-                async with anyio.create_task_group() as task_group:
-                    task_group.start_soon(self._cancel_on_disconnect, receive, task_group, left)
-                    plan = await self._prepare(scope)
-                    task_group.cancel_scope.cancel()
-            # The client left while the head was held back: send nothing, even if
-            # `_prepare` ended without noticing (a shielded resolver, a worker thread).
-            # An outer cancellation (a timeout middleware, the server) that the task group
-            # absorbed on asyncio while a shielded resolver ran: re-raised, not streamed over.
-            if left or anyio.current_effective_deadline() == -math.inf:
-                await anyio.lowlevel.checkpoint_if_cancelled()
-                return
-        try:
-            await self._stream(scope, send, plan)
-        except OSError as exc:
-            raise ClientDisconnect() from exc
+    def _head_waits(self) -> bool:
+        """Whether the head may wait, so that a client leaving meanwhile must be noticed."""
+        return (
+            self.header_resolver is not None or self.peek_first_chunk or self._own_stream_response
+        )
 
-    async def _cancel_on_disconnect(
-        self, receive: Receive, task_group: anyio.abc.TaskGroup, left: list[bool]
+    def _listens_to_the_end(self) -> bool:
+        """Whether the listener has work for the whole response, on every spec version.
+
+        A subclass that starts tasks of its own in `_start_tasks` extends this.
+        """
+        return self.end_on_shutdown
+
+    async def _respond_listening(
+        self, scope: Scope, receive: Receive, send: Send, *, to_the_end: bool
     ) -> None:
-        await self.listen_for_disconnect(receive)
-        left.append(True)
-        task_group.cancel_scope.cancel()
-
-    async def _call_listening(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # As in Starlette: the response runs in a child task while this one listens; the
-        # first of the two to finish cancels the other.
+        # The response runs in this task; a listener task cancels the group when the
+        # client leaves (invariant 6). With `to_the_end=False` the listener stops once
+        # the head went out; the group's end stops whatever still runs.
         with _collapse_excgroups():
-            async with anyio.create_task_group() as task_group:
-                self._task_group = task_group
-                task_group.start_soon(self._respond_then_cancel, scope, send, task_group)
-                await self._listen(receive, send)
-                # A disconnect seen while the last message is being sent must not cut
-                # that send short (see `_send_last`): the group waits for it instead.
-                if not self._ending:
-                    task_group.cancel_scope.cancel()
+            async with anyio.create_task_group() as group:
+                listening = anyio.CancelScope()
+                group.start_soon(self._listen, receive, group.cancel_scope, listening)
+                if not _is_head(scope):  # HEAD sends no body, so nothing runs beside it
+                    self._start_tasks(group)
+                await self._respond(scope, send, None if to_the_end else listening)
+                group.cancel_scope.cancel()
 
-    async def _listen(self, receive: Receive, send: Send) -> None:
-        """The listener task's work below spec 2.4; a subclass may do more in it."""
+    def _start_tasks(self, group: anyio.abc.TaskGroup) -> None:
+        """Start the tasks that run beside the response (a subclass adds its own)."""
+        if self.end_on_shutdown:
+            group.start_soon(self._end_on_server_exit, group.cancel_scope)
+
+    async def _listen(
+        self, receive: Receive, response: anyio.CancelScope, listening: anyio.CancelScope
+    ) -> None:
+        with listening:  # cancelled by the response once its head is out, when it may
+            await self._wait_for_disconnect(receive)
+            # A disconnect seen while the last message is being sent must not cut that
+            # send short (see `_send_last`): the group waits for it instead.
+            if not self._ending:
+                response.cancel()
+
+    async def _wait_for_disconnect(self, receive: Receive) -> None:
+        """The listener's wait; a subclass may do more while it waits (pings)."""
         await self.listen_for_disconnect(receive)
 
-    async def _respond_then_cancel(
-        self,
-        scope: Scope,
-        send: Send,
-        task_group: anyio.abc.TaskGroup,
-        listening: anyio.CancelScope | None = None,
-    ) -> None:
+    async def _end_on_server_exit(self, response: anyio.CancelScope) -> None:
+        await wait_for_server_exit()
+        if self.shutdown_event is not None:
+            self.shutdown_event.set()
+        if self.shutdown_grace_period > 0:
+            # A body that ends by itself meanwhile ends the group, and this wait with it.
+            await anyio.sleep(self.shutdown_grace_period)
+        if not self._ending:
+            logger.info("server shutting down: ending an open stream")
+            response.cancel()
+
+    async def _respond(self, scope: Scope, send: Send, listening: anyio.CancelScope | None) -> None:
+        """Decide the head, send it and the body, then close the body, in this task."""
         try:
-            plan = await self._prepare(scope)
-            # The client left while the head was held back: send nothing, even if
-            # `_prepare` ended without noticing (a shielded resolver, a worker thread).
-            # A flag check, not a checkpoint: no event-loop pass per response.
-            if task_group.cancel_scope.cancel_called:
+            if self._own_stream_response:
+                with suppress(_Answered):
+                    await self.stream_response(_HeadFirstSend(self, scope, send, listening))
                 return
+            prepared = await self._prepare(scope)
+            # The client left, or the request was cancelled, while the head was held
+            # back: send nothing, even if the resolver ended without noticing (a
+            # shielded scope, a worker thread). Raises only then.
+            await anyio.lowlevel.checkpoint_if_cancelled()
             if listening is not None:
                 listening.cancel()
-            await self._stream(scope, send, plan)
+            await self._send_prepared(scope, send, prepared)
         finally:
             await self._close_once()  # in the task that iterated it, in its context
-        task_group.cancel_scope.cancel()
 
-    async def _prepare(self, scope: Scope) -> _Plan:
+    # -- the head ------------------------------------------------------------------------
+
+    async def _prepare(self, scope: Scope) -> _Prepared:
         """Decide the head: run the peek and the resolver; send nothing."""
-        first: Any = _NOT_PEEKED
-        item: Any = None  # the first chunk as the iterator gave it, for the resolver
+        first_chunk: bytes | memoryview | None = None
+        first_item: Any = None  # the first chunk as the iterator gave it, for the resolver
+        body_ended = False
         early_error: Exception | None = None
         if self.peek_first_chunk and not _is_head(scope):
             try:
-                item = await anext(self._iterator())
+                first_item = await anext(self._body())
                 # Encoded now: a chunk that cannot be sent is an early error, not a 200.
-                first = self._encode_first(item)
+                first_chunk = self._encode_first(first_item)
             except StopAsyncIteration:
-                first = _EMPTY
-                self._finished = True
+                body_ended = self._exhausted = True
             except Exception as exc:
                 early_error = exc
-                item = None  # the resolver sees no chunk of a failed body
+                first_item = None  # the resolver sees no chunk of a failed body
         resolved: RawHeaders = []
         if self.header_resolver is not None:
             try:
-                resolved = await self._resolve(scope, item)
+                resolved = await self._resolve(scope, first_item)
             except ResolverFailed as failure:
-                return _plain_error(failure.status, failure.reason, take_late_headers(scope))
+                return _error(failure.status, failure.reason, take_late_headers(scope))
         # Taken only now: a resolver may itself add request-scoped headers.
         late = take_late_headers(scope)
         if early_error is not None:
-            return self._early_error_plan(scope, early_error, merge_headers(late, resolved))
+            return self._early_error(scope, early_error, merge_headers(late, resolved))
+        head = self._merged_head(scope, self.status_code, self.raw_headers, late, resolved)
+        return head._replace(first_chunk=first_chunk, body_ended=body_ended)
+
+    def _merged_head(
+        self,
+        scope: Scope,
+        status: int,
+        own: RawHeaders,
+        late: RawHeaders,
+        resolved: RawHeaders,
+    ) -> _Prepared:
         try:
-            validate_raw_headers(self.raw_headers)
+            validate_raw_headers(own)
         except HeaderValidationError:
             logger.exception("invalid response header for %s", scope.get("path", ""))
-            return _plain_error(500, "Internal Server Error", late)
-        headers = merge_headers(merge_headers(self.raw_headers, late), resolved)
-        return (
-            {"type": "http.response.start", "status": self.status_code, "headers": headers},
-            first,
-            None,
-        )
+            return _error(500, "Internal Server Error", late)
+        # A list of its own: the response's `raw_headers` stays the response's.
+        headers = merge_headers(merge_headers(list(own), late), resolved)
+        return _Prepared(_start(status, headers))
 
     async def _resolve(self, scope: Scope, first: Any) -> RawHeaders:
         # Called only with a resolver; which of the two signatures depends on the peek.
@@ -387,7 +456,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             call, self.resolver_timeout, self.on_resolver_error, scope.get("path", "")
         )
 
-    def _early_error_plan(self, scope: Scope, exc: Exception, late: RawHeaders) -> _Plan:
+    def _early_error(self, scope: Scope, exc: Exception, late: RawHeaders) -> _Prepared:
         path = scope.get("path", "")
         response: Response | None = None
         if self.early_error_handler is not None:
@@ -418,46 +487,44 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             logger.exception("invalid header in the early error response for %s", path)
             response = _default_early_error()
         body: bytes | memoryview = response.body
-        headers = merge_headers(response.raw_headers, without_content_type(late))
-        return _simple(response.status_code, headers, body)
+        headers = merge_headers(list(response.raw_headers), without_content_type(late))
+        return _Prepared(_start(response.status_code, headers), error_body=body)
 
-    async def _stream(self, scope: Scope, send: Send, plan: _Plan) -> None:
-        start, first, body = plan
-        await send(start)
-        if body is not None:
-            await self._send_last(
-                send, {"type": "http.response.body", "body": body, "more_body": False}
-            )
-            return
-        if _is_head(scope) or first is _EMPTY:
-            await self._send_last(send, _END)
-            return
-        await self._stream_body(send, first)
+    # -- the body ------------------------------------------------------------------------
 
-    async def _send_last(self, send: Send, message: Message) -> None:
+    async def _send_prepared(self, scope: Scope, send: Send, prepared: _Prepared) -> None:
+        await send(prepared.start)
+        if prepared.error_body is not None:
+            await self._send_last(send, prepared.error_body)
+        elif prepared.body_ended or _is_head(scope):
+            await self._send_last(send, b"")
+        else:
+            await self._send_body(send, prepared.first_chunk)
+
+    async def _send_last(self, send: Send, body: bytes | memoryview) -> None:
         """Send the final body message, which a disconnect listener must not cut short."""
         # A server may close the connection inside the last send() (hypercorn does, on
         # `Connection: close`); the listener then sees http.disconnect and must not cancel
         # that very send half-way, leaving the socket open. It checks this flag: cheaper
         # than a shielded cancel scope per response.
         self._ending = True
-        await send(message)
+        await send({"type": "http.response.body", "body": body, "more_body": False})
 
-    async def _stream_body(self, send: Send, first: Any) -> None:
-        """Send the body after the head: ``first`` (unless `_NOT_PEEKED`), the rest, the end.
+    async def _send_body(self, send: Send, first_chunk: bytes | memoryview | None) -> None:
+        """Send the body after the head: the peeked chunk (if any), the rest, the end.
 
         The hook a subclass overrides to encode or interleave the body differently.
         """
-        if first is not _NOT_PEEKED:  # encoded by _prepare
-            await send({"type": "http.response.body", "body": first, "more_body": True})
+        if first_chunk is not None:
+            await send({"type": "http.response.body", "body": first_chunk, "more_body": True})
         # The per-chunk loop: keep it as lean as Starlette's own.
         charset = self.charset
-        async for chunk in self._iterator():
+        async for chunk in self._body():
             if not isinstance(chunk, _BYTES_TYPES):
                 chunk = chunk.encode(charset)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        self._finished = True
-        await self._send_last(send, _END)
+        self._exhausted = True
+        await self._send_last(send, b"")
 
     def _encode_first(self, chunk: Any) -> bytes | memoryview:
         """Encode the peeked first chunk; a subclass that encodes differently overrides it."""
@@ -465,16 +532,19 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             return chunk
         return chunk.encode(self.charset)  # type: ignore[no-any-return]
 
-    def _iterator(self) -> AsyncIterator[Any]:
-        if self._started is None:
-            self._started = aiter(self.body_iterator)
-        return self._started
+    def _body(self) -> AsyncIterator[Any]:
+        """The body iterator, started once and shared by the peek and the loop."""
+        if self._iterating is None:
+            self._iterating = aiter(self.body_iterator)
+        return self._iterating
+
+    # -- closing -------------------------------------------------------------------------
 
     def _needs_closing(self) -> bool:
         # A native generator that ran to its end is closed already: no cancel scope to pay
         # for on the common path. Any other iterator (an SDK's stream object) may hold its
         # connection until aclose()/close(), even after its last chunk.
-        if not self._finished or not isinstance(self._started, types.AsyncGeneratorType):
+        if not self._exhausted or not isinstance(self._iterating, types.AsyncGeneratorType):
             return True
         sync = self._sync_content
         return hasattr(sync, "close") and not isinstance(sync, types.GeneratorType)
@@ -492,7 +562,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         # Shielded: on a disconnect this runs inside a cancelled scope, and the
         # generator's own `finally` may need to await (closing an upstream connection).
         with anyio.move_on_after(self.cleanup_timeout, shield=True) as deadline:
-            aclose = getattr(self._started or self.body_iterator, "aclose", None)
+            aclose = getattr(self._iterating or self.body_iterator, "aclose", None)
             if aclose is not None:
                 try:
                     await aclose()
@@ -505,9 +575,64 @@ class HeaderFirstStreamingResponse(StreamingResponse):
                     await anyio.to_thread.run_sync(close, abandon_on_cancel=True)
                 except Exception:
                     logger.exception("closing the body iterator failed")
-        if deadline.cancelled_caught:
+        # `cancel_called`, not `cancelled_caught`: a generator that swallowed the
+        # deadline's cancellation has still had its clean-up cut short.
+        if deadline.cancel_called:
             logger.warning("closing the body iterator took over %ss", self.cleanup_timeout)
 
 
-def _is_head(scope: Scope) -> bool:
-    return scope["type"] == "http" and bool(scope["method"] == "HEAD")
+class _HeadFirstSend:
+    """The ``send`` a subclass's own `stream_response` gets: its head waits, as ours does.
+
+    The first ``http.response.start`` it is given is held back while the resolver runs,
+    then merged with the late headers and validated (invariants 1 and 3); if that ends
+    in an error response, the error is sent instead and `_Answered` stops the override.
+    """
+
+    __slots__ = ("_head_sent", "_listening", "_response", "_scope", "_send")
+
+    def __init__(
+        self,
+        response: HeaderFirstStreamingResponse,
+        scope: Scope,
+        send: Send,
+        listening: anyio.CancelScope | None,
+    ) -> None:
+        self._response = response
+        self._scope = scope
+        self._send = send
+        self._listening = listening
+        self._head_sent = False
+
+    async def __call__(self, message: Message) -> None:
+        if self._head_sent or message["type"] != "http.response.start":
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                self._response._ending = True
+            await self._send(message)
+            return
+        response, scope = self._response, self._scope
+        resolved: RawHeaders = []
+        failed: ResolverFailed | None = None
+        if response.header_resolver is not None:
+            try:
+                resolved = await response._resolve(scope, None)
+            except ResolverFailed as failure:
+                failed = failure
+        late = take_late_headers(scope)
+        if failed is not None:
+            prepared = _error(failed.status, failed.reason, late)
+        else:
+            own = [(bytes(name), bytes(value)) for name, value in message.get("headers", ())]
+            prepared = response._merged_head(
+                scope, message.get("status", response.status_code), own, late, resolved
+            )
+        await anyio.lowlevel.checkpoint_if_cancelled()  # invariant 6
+        if self._listening is not None:
+            self._listening.cancel()
+        self._head_sent = True
+        if prepared.error_body is None:
+            await self._send({**message, **prepared.start})
+            return
+        await self._send(prepared.start)
+        await response._send_last(self._send, prepared.error_body)
+        raise _Answered

@@ -1,76 +1,77 @@
 """`HeaderFirstEventSourceResponse`: Server-Sent Events on `HeaderFirstStreamingResponse`.
 
-Events are encoded by sse-starlette itself (`ensure_bytes`, `ServerSentEvent`), so an
-endpoint written for `sse_starlette.EventSourceResponse` yields the same bytes here (`bytes`
-and one-line `str` events take a shortcut that gives the same bytes, property-tested). The
-head, the resolver, the first-chunk peek and early errors are
-`HeaderFirstStreamingResponse`'s own: this class only replaces how the body is sent
-(`_stream_body`). This module imports sse-starlette, which patches uvicorn's
-``Server.handle_exit`` when imported; the package imports this module only when the class
-is first used.
+A subclass of both `HeaderFirstStreamingResponse` and `sse_starlette.EventSourceResponse`
+(so ``isinstance`` checks written for sse-starlette hold), with sse-starlette's whole
+signature: its positional arguments in its order, its class constants, its validation and
+``enable_compression()``. Events are encoded by sse-starlette itself (`ensure_bytes`,
+`ServerSentEvent`), so an endpoint written for `sse_starlette.EventSourceResponse` yields
+the same bytes here (`bytes` and one-line `str` events take a shortcut that gives the same
+bytes, property-tested). The head, the resolver, the first-chunk peek, early errors and
+the end on server shutdown are `HeaderFirstStreamingResponse`'s own: this class replaces
+how the body is sent (`_send_body`), what the listener does while it waits (pings, the
+close handler) and which tasks run beside the body (``data_sender_callable``). This module
+imports sse-starlette, which patches uvicorn's ``Server.handle_exit`` when imported; the
+package imports this module only when the class is first used.
 
-Invariants, enforced in `_stream_body`, `_send_events`, `_listen` and `_ping_once` below:
+Invariants, enforced in `_send_body`, `_send_events`, `_wait_for_disconnect` and
+`_ping_once` below:
 
 1. Only one ``send`` is in flight at a time: an event waits for a ping being sent, and a
    ping is skipped while an event is being sent (that event keeps the connection alive).
    Two flags coordinate this; there is no lock and no cancel scope per event. The
-   disconnect listener task sends the pings between two waits for ``receive()``, on
-   every ASGI spec version when pings are on, at the cost of one cancel scope per ping
-   interval. A websocket denial response, which has no listener, sends no pings.
+   disconnect listener task sends the pings between two waits for ``receive()``, at the
+   cost of one cancel scope per ping interval. A websocket denial response, which has no
+   listener, sends no pings.
 2. Every event is one ``http.response.body`` message, so a ping never lands inside one.
 3. Pings start after the head and stop before the final empty body message (a ping in
    flight is waited for, never cancelled, unless the response fails).
 
 Differences from `sse_starlette.EventSourceResponse` (each pinned by a parity test in
-``tests/test_sse.py``):
+``tests/test_sse.py`` or ``tests/test_sse_dropin.py``):
 
 - The head waits for the header resolver, and ``peek_first_chunk`` turns an error before
   the first event into a real error response (see `HeaderFirstStreamingResponse`).
 - No ``connection: keep-alive`` header: connection-specific headers are forbidden in
   HTTP/2, and HTTP/1.1 servers keep the connection alive by themselves.
 - A ping is skipped, not queued, when its tick finds an event being sent.
-- ``send_timeout`` bounds event and ping sends, not the head; it costs a cancel scope per
-  send only when set. Below ASGI spec 2.4 a timeout raises sse-starlette's
-  `SendTimeoutError`; from spec 2.4 on, where a failed send means the client left, it
-  surfaces as Starlette's `ClientDisconnect` (the `SendTimeoutError` as its context).
-- No server-shutdown watcher (``AppStatus``, ``shutdown_event``,
-  ``shutdown_grace_period``): nothing process-global and no asyncio-only task, so it runs
-  on trio too. As with any streaming response, a server's graceful shutdown waits for an
-  open stream until the server's own limit (uvicorn: ``--timeout-graceful-shutdown``).
-- No ``data_sender_callable`` or ``client_close_handler_callable``; the body iterator is
-  closed on every exit (sse-starlette closes it only after an encoding or send failure),
-  bounded by the class attribute ``cleanup_timeout``.
-- With pings on, the disconnect listener runs for the whole response on every ASGI spec
-  version (it sends the pings, and the body is entered and closed inside its task group);
-  from spec 2.4 on a failed send still means the client left (`ClientDisconnect`). With
-  ``ping=0`` the response behaves as `HeaderFirstStreamingResponse`.
+- ``send_timeout`` bounds event and ping sends and HEAD's messages, not the head of a
+  stream, which waits for the resolver. Below ASGI spec 2.4 a timeout raises
+  sse-starlette's `SendTimeoutError`; from spec 2.4 on, where a failed send means the client
+  left, it surfaces as Starlette's `ClientDisconnect` (the `SendTimeoutError` as its
+  context), as any `OSError` from ``send`` does there.
+- The server's shutdown is noticed without a task of sse-starlette's (`_shutdown`: one
+  polling task per event loop, anyio, so trio too); ``shutdown_event`` and
+  ``shutdown_grace_period`` behave as sse-starlette documents them. A stream cut off at
+  shutdown is closed (its ``finally`` runs) and ends without its final chunk, as in
+  sse-starlette. ``end_on_shutdown=False`` keeps a stream open through a shutdown.
+- The body iterator is closed on every exit (sse-starlette closes it only after an
+  encoding or send failure), bounded by ``cleanup_timeout``.
+- The disconnect listener runs for the whole response on every ASGI spec version (as in
+  sse-starlette), and the body runs in the request's own task, not a child task.
 - HEAD sends the same head as GET, the resolver included; as in sse-starlette the body
-  iterator is never iterated (it is closed).
-- The options after ``background`` are keyword-only.
+  iterator is never iterated (it is closed), and ``data_sender_callable`` is not started.
+- Its private methods and attributes (``_ping``, ``_listen_for_exit_signal``, ``active``,
+  ``_send_lock``, ...) are not sse-starlette's: nothing of its internals is called.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import anyio.abc
 from starlette.background import BackgroundTask
-from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive, Scope, Send
 
 from ._resolve import ResolverErrorPolicy
-from ._response import (
-    _END,
-    _NOT_PEEKED,
-    HeaderFirstStreamingResponse,
-)
+from ._response import HeaderFirstStreamingResponse
 from ._types import EarlyErrorHandler, HeaderResolver, HeaderSource
 
 try:
     from sse_starlette.event import ServerSentEvent, ensure_bytes
-    from sse_starlette.sse import SendTimeoutError
+    from sse_starlette.sse import EventSourceResponse, SendTimeoutError
 except ModuleNotFoundError as exc:
     raise ImportError(
         f"HeaderFirstEventSourceResponse needs sse-starlette ({exc}); install the 'sse' "
@@ -81,8 +82,6 @@ __all__ = ["HeaderFirstEventSourceResponse"]
 
 # With peek_first_chunk=True the resolver gets the first item as the iterator yielded it.
 _EventHeaderResolver = Callable[[Any], Awaitable[HeaderSource]]
-
-_SEPARATORS = ("\r\n", "\r", "\n")
 
 
 def _with_timeout(send: Send, timeout: float) -> Send:
@@ -98,13 +97,13 @@ def _with_timeout(send: Send, timeout: float) -> Send:
     return timed_send
 
 
-class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse):
+class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse, EventSourceResponse):  # type: ignore[misc]
     """A Server-Sent Events response whose head waits for its late headers.
 
-    Takes what `sse_starlette.EventSourceResponse` takes as content and encodes it the same
-    way, with sse-starlette's `ensure_bytes`: `ServerSentEvent` objects, dicts of
-    `ServerSentEvent` arguments, `str` (sent as ``data:`` lines) and `bytes` (sent as
-    they are). Sends ``content-type: text/event-stream; charset=utf-8``,
+    Takes what `sse_starlette.EventSourceResponse` takes, in the same order, and encodes
+    events the same way, with sse-starlette's `ensure_bytes`: `ServerSentEvent` objects,
+    dicts of `ServerSentEvent` arguments, `str` (sent as ``data:`` lines) and `bytes`
+    (sent as they are). Sends ``content-type: text/event-stream; charset=utf-8``,
     ``x-accel-buffering: no`` and, unless the response sets its own, ``cache-control:
     no-store``. The differences from sse-starlette are listed in this module's docstring.
 
@@ -119,8 +118,19 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse):
             or ``"\\n"``.
         ping_message_factory: Returns the `ServerSentEvent` to send as a ping; the
             default is a comment ``: ping - <UTC time>``.
+        data_sender_callable: An async callable started beside the stream (after the
+            head was decided to wait, before the first event), for push-based streams
+            that feed the content from another source; cancelled when the stream ends.
         send_timeout: Seconds an event or ping send may take before the response fails
             with `SendTimeoutError`; ``None`` waits as long as it takes.
+        client_close_handler_callable: Awaited with the ``http.disconnect`` message when
+            the client leaves.
+        shutdown_event: Set when the server's shutdown is noticed, so the generator can
+            send a last event and end by itself.
+        shutdown_grace_period: Seconds between setting ``shutdown_event`` and cutting
+            the stream off.
+        cleanup_timeout: Seconds closing the body iterator may take (``None``: no
+            limit); on expiry it is abandoned and a WARNING is logged.
         header_resolver: As in `HeaderFirstStreamingResponse`; with
             ``peek_first_chunk=True`` it receives the first item as the iterator yielded
             it (a `ServerSentEvent`, dict, `str` or `bytes`), before encoding.
@@ -129,16 +139,16 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse):
         peek_first_chunk: As in `HeaderFirstStreamingResponse`: an exception before the
             first event becomes an error response instead of ``200`` and a broken stream.
         early_error_handler: As in `HeaderFirstStreamingResponse`.
+        end_on_shutdown: End the stream when the server shuts down, as sse-starlette
+            does (default); ``False`` keeps it open until it ends by itself.
 
     Raises:
-        ValueError: ``sep`` is not one of the three separators, or ``ping`` or
-            ``send_timeout`` is out of range, or another option is.
+        ValueError: ``sep`` is not one of the three separators, or ``ping``,
+            ``send_timeout``, ``shutdown_grace_period`` or ``cleanup_timeout`` is out of
+            range, or another option is.
         TypeError: ``ping`` is not a number, or ``ping_message_factory``,
             ``header_resolver`` or ``early_error_handler`` is not callable.
     """
-
-    DEFAULT_PING_INTERVAL = 15
-    DEFAULT_SEPARATOR = "\r\n"
 
     def __init__(
         self,
@@ -147,34 +157,37 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse):
         headers: Mapping[str, str] | None = None,
         media_type: str = "text/event-stream",
         background: BackgroundTask | None = None,
-        *,
         ping: float | None = None,
         sep: str | None = None,
         ping_message_factory: Callable[[], ServerSentEvent] | None = None,
+        data_sender_callable: Callable[[], Coroutine[None, None, None]] | None = None,
         send_timeout: float | None = None,
+        client_close_handler_callable: Callable[[Message], Awaitable[None]] | None = None,
+        shutdown_event: anyio.Event | None = None,
+        shutdown_grace_period: float = 0,
+        cleanup_timeout: float | None = EventSourceResponse.DEFAULT_CLEANUP_TIMEOUT,
+        *,
         header_resolver: HeaderResolver | _EventHeaderResolver | None = None,
         resolver_timeout: float | None = None,
         on_resolver_error: ResolverErrorPolicy = "error",
         peek_first_chunk: bool = False,
         early_error_handler: EarlyErrorHandler | None = None,
+        end_on_shutdown: bool = True,
     ) -> None:
-        if sep is not None and sep not in _SEPARATORS:
-            raise ValueError(f"sep must be '\\r\\n', '\\r' or '\\n', got {sep!r}")
-        if ping is not None:
-            if isinstance(ping, bool) or not isinstance(ping, int | float):
-                raise TypeError(
-                    f"ping must be a number of seconds (0 disables pings), "
-                    f"got {type(ping).__name__}"
-                )
-            if not ping >= 0:
-                raise ValueError(
-                    f"ping must be a number of seconds >= 0 (0 disables pings), got {ping!r}"
-                )
-        if ping_message_factory is not None and not callable(ping_message_factory):
-            raise TypeError(
-                "ping_message_factory must be a callable returning a ServerSentEvent, "
-                f"got {type(ping_message_factory).__name__}"
-            )
+        # sse-starlette's own checks and messages, in its order.
+        if sep not in (None, "\r\n", "\r", "\n"):
+            raise ValueError(f"sep must be one of: \\r\\n, \\r, \\n, got: {sep}")
+        # Its property validates: TypeError for a non-number, ValueError below zero.
+        self.ping_interval = self.DEFAULT_PING_INTERVAL if ping is None else ping
+        if cleanup_timeout is not None and cleanup_timeout < 0:
+            raise ValueError("cleanup_timeout must be >= 0")
+        for name, value in (
+            ("ping_message_factory", ping_message_factory),
+            ("data_sender_callable", data_sender_callable),
+            ("client_close_handler_callable", client_close_handler_callable),
+        ):
+            if value is not None and not callable(value):
+                raise TypeError(f"{name} must be callable, got {type(value).__name__}")
         if send_timeout is not None and not send_timeout > 0:
             raise ValueError(
                 f"send_timeout must be a positive number of seconds or None, got {send_timeout!r}"
@@ -190,16 +203,21 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse):
             on_resolver_error=on_resolver_error,
             peek_first_chunk=peek_first_chunk,
             early_error_handler=early_error_handler,
+            end_on_shutdown=end_on_shutdown,
+            shutdown_event=shutdown_event,
+            shutdown_grace_period=shutdown_grace_period,
         )
         if all(name != b"cache-control" for name, _ in self.raw_headers):
             # A proxy that caches for fan-out sets its own (sse-starlette does the same).
             self.raw_headers.append((b"cache-control", b"no-store"))
         self.raw_headers = [pair for pair in self.raw_headers if pair[0] != b"x-accel-buffering"]
         self.raw_headers.append((b"x-accel-buffering", b"no"))
-        self.sep = self.DEFAULT_SEPARATOR if sep is None else sep
-        self.ping_interval: float = self.DEFAULT_PING_INTERVAL if ping is None else ping
+        self.sep = sep or self.DEFAULT_SEPARATOR
         self.ping_message_factory = ping_message_factory
+        self.data_sender_callable = data_sender_callable
         self.send_timeout = send_timeout
+        self.client_close_handler_callable = client_close_handler_callable
+        self.cleanup_timeout = cleanup_timeout
         # Send coordination (invariant 1): the event loop sets `_event_in_flight` around
         # each send; a ping sets `_ping_in_flight` to an Event that is set when it is done.
         self._event_in_flight = False
@@ -207,65 +225,71 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse):
         # The send the listener pings with, while the body is being sent.
         self._ping_send: Send | None = None
 
-    async def _stream_body(self, send: Send, first: Any) -> None:
-        if self.send_timeout is not None:
-            send = _with_timeout(send, self.send_timeout)
-        if self.ping_interval <= 0 or self._task_group is None:
-            # No pings, or no listener to send them: a websocket denial response.
-            await self._send_events(send, first)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.send_timeout is not None and scope["type"] == "http":
+            method = scope.get("method")
+            if method is not None and method.upper() == "HEAD":
+                # As sse-starlette: HEAD's two messages are bounded too.
+                send = _with_timeout(send, self.send_timeout)
+        await super().__call__(scope, receive, send)
+
+    def _listens_to_the_end(self) -> bool:
+        return (
+            self.ping_interval > 0
+            or self.data_sender_callable is not None
+            or self.client_close_handler_callable is not None
+            or super()._listens_to_the_end()
+        )
+
+    def _start_tasks(self, group: anyio.abc.TaskGroup) -> None:
+        super()._start_tasks(group)
+        if self.data_sender_callable is not None:
+            group.start_soon(self.data_sender_callable)
+
+    async def _send_body(self, send: Send, first_chunk: bytes | memoryview | None) -> None:
+        events_send = send if self.send_timeout is None else _with_timeout(send, self.send_timeout)
+        if self.ping_interval <= 0:
+            await self._send_events(events_send, first_chunk)
         else:
-            # The disconnect listener sends the pings (`_listen`): a task of its own
-            # would double the cost of a response.
-            self._ping_send = send
+            # The disconnect listener sends the pings (`_wait_for_disconnect`): a task of
+            # its own would double the cost of a response.
+            self._ping_send = events_send
             try:
-                await self._send_events(send, first)
+                await self._send_events(events_send, first_chunk)
             finally:
                 self._ping_send = None  # no ping starts after this
             await self._wait_for_ping()  # nor does one still in flight overlap the end
-        await self._send_last(send, _END)
-
-    async def _call_spec_2_4(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.ping_interval <= 0:
-            await super()._call_spec_2_4(scope, receive, send)
-            return
-        # Pings need a task group, and the body must be entered and closed inside it (a
-        # generator's cancel scope across yields): the whole response runs as below 2.4,
-        # the listener sending the pings; a failed send still means the client left.
-        try:
-            await self._call_listening(scope, receive, send)
-        except OSError as exc:
-            raise ClientDisconnect() from exc
+        await self._send_last(send, b"")
 
     def _encode_first(self, chunk: Any) -> bytes:
         return ensure_bytes(chunk, self.sep)
 
-    async def _listen(self, receive: Receive, send: Send) -> None:
+    async def _wait_for_disconnect(self, receive: Receive) -> None:
         interval = self.ping_interval
-        if interval <= 0:
-            await self.listen_for_disconnect(receive)
-            return
         while True:
             # Waiting for receive() is cut short at every ping interval. That is safe:
             # servers keep a message that was not delivered for the next call, which
             # Starlette's own `Request.is_disconnected()` relies on too.
-            with anyio.move_on_after(interval):
-                while (await receive())["type"] != "http.disconnect":
+            with anyio.move_on_after(interval if interval > 0 else None):
+                while (message := await receive())["type"] != "http.disconnect":
                     pass
-                return
+                break
             ping_send = self._ping_send
             if ping_send is not None:
                 await self._ping_once(ping_send)
+        if self.client_close_handler_callable is not None:
+            await self.client_close_handler_callable(message)
 
-    async def _send_events(self, send: Send, first: Any) -> None:
+    async def _send_events(self, send: Send, first_chunk: bytes | memoryview | None) -> None:
         sep = self.sep
-        if first is not _NOT_PEEKED:
+        if first_chunk is not None:
             # No ping can be in flight yet: pings start only once this method has begun.
-            self._event_in_flight = True  # `first` was encoded by `_encode_first`
-            await send({"type": "http.response.body", "body": first, "more_body": True})
+            self._event_in_flight = True  # encoded by `_encode_first`
+            await send({"type": "http.response.body", "body": first_chunk, "more_body": True})
             self._event_in_flight = False
         # The per-event loop: two flag writes and one read beyond Starlette's own loop.
         tail = sep + sep
-        async for item in self._iterator():
+        async for item in self._body():
             # Fast paths for the two commonest items, byte for byte what `ensure_bytes`
             # gives (pinned by a property test): `bytes` are sent as they are, and a
             # one-line `str` is one ``data:`` line. Everything else goes to
@@ -282,7 +306,7 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse):
             self._event_in_flight = True
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             self._event_in_flight = False
-        self._finished = True
+        self._exhausted = True
 
     async def _wait_for_ping(self) -> None:
         # A loop, not one wait: once woken, a new ping may have started before this

@@ -7,6 +7,7 @@ can show *when* a message went out.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -129,3 +130,36 @@ async def call(
     recorder = send if send is not None else Recorder()
     await app(scope or http_scope(), receive or receive_nothing(), recorder)
     return recorder
+
+
+# Shared expectations of the tier-1 tests.
+
+LOGGER = "header_first_stream"
+
+
+def start(status: int, headers: list[tuple[bytes, bytes]]) -> Message:
+    """An ``http.response.start`` message as this package sends it."""
+    return {"type": "http.response.start", "status": status, "headers": headers}
+
+
+def chunk(body: bytes, more: bool = True) -> Message:
+    """An ``http.response.body`` message."""
+    return {"type": "http.response.body", "body": body, "more_body": more}
+
+
+END = chunk(b"", more=False)
+
+
+def sent(recorder: Recorder) -> list[Message]:
+    """The messages a recorder saw, without their times."""
+    return [message for _, message in recorder.messages]
+
+
+async def wait_until(condition: Callable[[], bool], seconds: float) -> None:
+    """Poll ``condition`` until it holds; fail after ``seconds``.
+
+    For effects that no event announces (a generator's ``finally``, a log line).
+    """
+    with anyio.fail_after(seconds):
+        while not condition():  # noqa: ASYNC110 - nothing to wait on but the condition
+            await anyio.sleep(0.01)

@@ -173,42 +173,15 @@ def test_options_default_like_sse_starlette() -> None:
 @pytest.mark.parametrize(
     ("options", "error", "message"),
     [
-        ({"sep": "\t"}, ValueError, r"sep must be '\\r\\n', '\\r' or '\\n', got '\\t'"),
-        ({"ping": -1}, ValueError, r"ping must be a number of seconds >= 0 .*got -1"),
-        ({"ping": "15"}, TypeError, r"ping must be a number of seconds .*got str"),
-        ({"ping": True}, TypeError, r"ping must be a number of seconds .*got bool"),
-        ({"ping_message_factory": "ping"}, TypeError, r"ping_message_factory must be a callable"),
         ({"send_timeout": 0}, ValueError, r"send_timeout must be a positive number .*got 0"),
         ({"resolver_timeout": -1}, ValueError, r"resolver_timeout must be a positive"),
     ],
 )
-def test_invalid_options_are_refused_with_what_to_pass(
+def test_invalid_header_first_options_are_refused_with_what_to_pass(
     options: dict[str, Any], error: type[Exception], message: str
 ) -> None:
     with pytest.raises(error, match=message):
         HeaderFirstEventSourceResponse(events(), **options)
-
-
-@pytest.mark.parametrize(
-    "option",
-    [
-        "data_sender_callable",
-        "client_close_handler_callable",
-        "shutdown_event",
-        "shutdown_grace_period",
-        "cleanup_timeout",
-    ],
-)
-def test_sse_starlettes_shutdown_and_callback_options_are_not_taken(option: str) -> None:
-    options: dict[str, Any] = {option: None}
-    with pytest.raises(TypeError, match=f"unexpected keyword argument '{option}'"):
-        HeaderFirstEventSourceResponse(events(), **options)
-    assert HeaderFirstEventSourceResponse.cleanup_timeout == 30.0  # a class attribute here
-
-
-def test_options_after_background_are_keyword_only() -> None:
-    with pytest.raises(TypeError, match="positional"):
-        HeaderFirstEventSourceResponse(events(), 200, None, "text/event-stream", None, 5)  # type: ignore[call-arg]
 
 
 # --- encoding ----------------------------------------------------------------------------

@@ -1,0 +1,225 @@
+"""Endless streams end when the server shuts down (``end_on_shutdown``).
+
+Tier 1 drives the shutdown sources in process: `begin_shutdown`, sse-starlette's
+``AppStatus.should_exit`` and a uvicorn-like SIGTERM handler; tests/test_shutdown_uvicorn.py sends
+SIGTERM to a real uvicorn process.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+import pytest
+from sse_starlette.sse import AppStatus
+
+from header_first_stream import (
+    HeaderFirstEventSourceResponse,
+    HeaderFirstStreamingResponse,
+    begin_shutdown,
+)
+from header_first_stream._shutdown import POLL_INTERVAL
+
+from ._asgi import (
+    END,
+    Recorder,
+    http_scope,
+    receive_disconnect_after,
+    receive_nothing,
+    wait_until,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def endless(log: list[str], item: Any = "tick") -> AsyncIterator[Any]:
+    async def generate() -> AsyncIterator[Any]:
+        try:
+            while True:
+                yield item
+                await anyio.sleep(0.01)
+        finally:
+            log.append("finally")
+
+    return generate()
+
+
+async def run_until_shutdown(response: Any, trigger: Any, *, within: float) -> Recorder:
+    """Run ``response``, call ``trigger()`` once it streams, return when it ended."""
+    recorder = Recorder()
+    async with anyio.create_task_group() as group:
+        group.start_soon(response, http_scope(), receive_nothing(), recorder)
+        await anyio.sleep(0.05)
+        trigger()
+        began = anyio.current_time()
+        await wait_until(lambda: bool(recorder.messages) and ended(response), within)
+        group.cancel_scope.cancel()  # only reached when the response ended by itself
+    assert anyio.current_time() - began < within
+    return recorder
+
+
+def ended(response: Any) -> bool:
+    return bool(response._closed)
+
+
+@pytest.mark.parametrize("cls", [HeaderFirstEventSourceResponse, HeaderFirstStreamingResponse])
+async def test_begin_shutdown_cuts_an_endless_stream_off_and_closes_it(cls: Any) -> None:
+    log: list[str] = []
+    options = {"ping": 0} if cls is HeaderFirstEventSourceResponse else {"end_on_shutdown": True}
+    recorder = await run_until_shutdown(cls(endless(log), **options), begin_shutdown, within=1)
+    assert log == ["finally"]
+    assert recorder.messages[0][1]["status"] == 200
+    assert recorder.messages[-1][1] != END  # cut off: the client sees an incomplete stream
+
+
+async def test_a_stream_without_end_on_shutdown_stays_open() -> None:
+    log: list[str] = []
+    recorder = Recorder()
+    response = HeaderFirstStreamingResponse(endless(log))
+    async with anyio.create_task_group() as group:
+        group.start_soon(response, http_scope(), receive_nothing(), recorder)
+        await anyio.sleep(0.05)
+        begin_shutdown()
+        await anyio.sleep(POLL_INTERVAL + 0.2)
+        assert log == []
+        group.cancel_scope.cancel()
+    assert log == ["finally"]
+
+
+async def test_the_shutdown_event_lets_the_generator_say_goodbye_and_end_cleanly() -> None:
+    shutting_down = anyio.Event()
+
+    async def polite() -> AsyncIterator[str]:
+        while not shutting_down.is_set():
+            yield "tick"
+            await anyio.sleep(0.01)
+        yield "goodbye"
+
+    response = HeaderFirstEventSourceResponse(
+        polite(), ping=0, shutdown_event=shutting_down, shutdown_grace_period=5
+    )
+    recorder = await run_until_shutdown(response, begin_shutdown, within=1)
+    assert recorder.body.endswith(b"data: tick\r\n\r\ndata: goodbye\r\n\r\n")
+    assert recorder.messages[-1][1] == END  # it ended by itself: a complete stream
+
+
+async def test_a_generator_that_ignores_the_event_is_cut_off_after_the_grace_period() -> None:
+    log: list[str] = []
+    shutting_down = anyio.Event()
+    response = HeaderFirstStreamingResponse(
+        endless(log),
+        end_on_shutdown=True,
+        shutdown_event=shutting_down,
+        shutdown_grace_period=0.3,
+    )
+    recorder = Recorder()
+    async with anyio.create_task_group() as group:
+        group.start_soon(response, http_scope(), receive_nothing(), recorder)
+        await anyio.sleep(0.05)
+        begin_shutdown()
+        await anyio.sleep(0.1)
+        assert shutting_down.is_set() and log == []  # still in its grace period
+        await wait_until(lambda: bool(log), 2)
+    assert log == ["finally"]
+    assert recorder.messages[-1][1] != END
+
+
+async def test_sse_starlettes_app_status_should_exit_ends_the_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    log: list[str] = []
+    response = HeaderFirstEventSourceResponse(endless(log), ping=0)
+    await run_until_shutdown(
+        response, lambda: monkeypatch.setattr(AppStatus, "should_exit", True), within=2
+    )
+    assert log == ["finally"]
+
+
+class FakeUvicornServer:
+    """What sse-starlette and we look for: a SIGTERM handler bound to a ``should_exit``."""
+
+    def __init__(self) -> None:
+        self.should_exit = False
+
+    def handle_exit(self, sig: int, frame: object) -> None:  # pragma: no cover - not called
+        self.should_exit = True
+
+
+@pytest.fixture
+def uvicorn_like() -> Iterator[FakeUvicornServer]:
+    server = FakeUvicornServer()
+    previous = signal.signal(signal.SIGTERM, server.handle_exit)
+    try:
+        yield server
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+async def test_uvicorns_exit_flag_is_noticed_by_one_poll(uvicorn_like: FakeUvicornServer) -> None:
+    log: list[str] = []
+    response = HeaderFirstEventSourceResponse(endless(log), ping=0)
+    await run_until_shutdown(
+        response, lambda: setattr(uvicorn_like, "should_exit", True), within=POLL_INTERVAL + 0.5
+    )
+    assert log == ["finally"]
+
+
+async def test_without_automatic_drain_uvicorns_flag_is_ignored_as_in_sse_starlette(
+    uvicorn_like: FakeUvicornServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(AppStatus, "enable_automatic_graceful_drain", False)
+    log: list[str] = []
+    response = HeaderFirstEventSourceResponse(endless(log), ping=0)
+    async with anyio.create_task_group() as group:
+        group.start_soon(response, http_scope(), receive_nothing(), Recorder())
+        await anyio.sleep(0.05)
+        uvicorn_like.should_exit = True
+        await anyio.sleep(POLL_INTERVAL + 0.2)
+        assert log == []
+        monkeypatch.setattr(AppStatus, "should_exit", True)  # the manual switch still works
+        await wait_until(lambda: bool(log), 2)
+    assert log == ["finally"]
+
+
+async def test_when_the_polling_stream_ends_another_takes_the_polling_over(
+    uvicorn_like: FakeUvicornServer,
+) -> None:
+    logs: list[list[str]] = [[], [], []]
+    async with anyio.create_task_group() as group:
+        # The first stream starts first, so it polls; its client leaves at 0.2 s.
+        for n, receive in enumerate(
+            [receive_disconnect_after(0.2), receive_nothing(), receive_nothing()]
+        ):
+            response = HeaderFirstEventSourceResponse(endless(logs[n]), ping=0)
+            group.start_soon(response, http_scope(), receive, Recorder())
+            await anyio.sleep(0.01)
+        await anyio.sleep(0.4)
+        assert logs == [["finally"], [], []]
+        uvicorn_like.should_exit = True
+        await wait_until(lambda: logs == [["finally"]] * 3, POLL_INTERVAL + 0.5)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"shutdown_event": anyio.Event}, ValueError, "need end_on_shutdown=True"),
+        ({"shutdown_grace_period": 1}, ValueError, "need end_on_shutdown=True"),
+        (
+            {"end_on_shutdown": True, "shutdown_grace_period": "1"},
+            TypeError,
+            "shutdown_grace_period must be a number of seconds, got str",
+        ),
+        (
+            {"end_on_shutdown": True, "shutdown_grace_period": -1},
+            ValueError,
+            "shutdown_grace_period must be >= 0",
+        ),
+    ],
+)
+def test_shutdown_options_out_of_range_are_refused(
+    options: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        HeaderFirstStreamingResponse(iter([b""]), **options)
