@@ -114,6 +114,7 @@ DESELECTED: dict[str, dict[str, str]] = {
 }
 
 _REPLACED: list[tuple[str, str]] = []
+_USED: set[str] = set()  # the entries that deselected a test in this run
 
 
 def _substitute() -> None:
@@ -190,9 +191,13 @@ def _modules(items: list[pytest.Item]) -> Iterator[Any]:
             yield module
 
 
+@pytest.hookimpl(tryfirst=True)  # before -k and -m deselect: the list sees every test
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     listed = DESELECTED[config.getoption("--peer")]
-    unused = set(listed)
+    # An entry is stale if its file was collected but none of its tests (a run of some
+    # files only does not make the entries of the others stale).
+    files = {item.nodeid.split("::", 1)[0] for item in items}
+    unused = {entry for entry in listed if entry.split("::", 1)[0].split("[", 1)[0] in files}
     kept: list[pytest.Item] = []
     dropped: list[pytest.Item] = []
     for item in items:
@@ -223,6 +228,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             "no collected test module holds a substituted class: these tests would not "
             "test header-first-stream"
         )
+    _USED.update(e for e in listed if any(_matches(item.nodeid, e) for item in dropped))
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
@@ -234,6 +240,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     listed = DESELECTED[config.getoption("--peer")]
-    terminalreporter.section("deselected by hfs_peers (tests of private internals)")
+    if _USED:
+        terminalreporter.section("deselected by hfs_peers (tests of private internals)")
     for entry, reason in listed.items():
-        terminalreporter.write_line(f"{entry}: {reason}")
+        if entry in _USED:
+            terminalreporter.write_line(f"{entry}: {reason}")
