@@ -131,8 +131,8 @@ def _substitute() -> None:
     _guard(original_streaming, HeaderFirstStreamingResponse)
     _guard(original_sse, HeaderFirstEventSourceResponse)
     starlette.responses.StreamingResponse = HeaderFirstStreamingResponse  # type: ignore[misc]
-    sse_starlette.EventSourceResponse = HeaderFirstEventSourceResponse
-    sse_starlette.sse.EventSourceResponse = HeaderFirstEventSourceResponse
+    sse_starlette.EventSourceResponse = HeaderFirstEventSourceResponse  # type: ignore[misc]
+    sse_starlette.sse.EventSourceResponse = HeaderFirstEventSourceResponse  # type: ignore[misc]
     _ORIGINALS[original_streaming] = HeaderFirstStreamingResponse
     _ORIGINALS[original_sse] = HeaderFirstEventSourceResponse
     _REPLACED.extend(
