@@ -371,8 +371,12 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         """The listener's wait; a subclass may do more while it waits (pings)."""
         await self.listen_for_disconnect(receive)
 
-    async def _end_on_server_exit(self, response: anyio.CancelScope) -> None:
+    async def _wait_for_server_exit(self) -> None:
+        """Return when the server shuts down (`_shutdown`); a subclass may wait otherwise."""
         await wait_for_server_exit()
+
+    async def _end_on_server_exit(self, response: anyio.CancelScope) -> None:
+        await self._wait_for_server_exit()
         if self.shutdown_event is not None:
             self.shutdown_event.set()
         if self.shutdown_grace_period > 0:

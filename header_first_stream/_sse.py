@@ -31,8 +31,8 @@ Differences from `sse_starlette.EventSourceResponse` (each pinned by a parity te
 
 - The head waits for the header resolver, and ``peek_first_chunk`` turns an error before
   the first event into a real error response (see `HeaderFirstStreamingResponse`).
-- No ``connection: keep-alive`` header: connection-specific headers are forbidden in
-  HTTP/2, and HTTP/1.1 servers keep the connection alive by themselves.
+- ``connection: keep-alive`` is sent over HTTP/1.x only, as sse-starlette sends it there:
+  over HTTP/2 and HTTP/3 a connection-specific header makes the response malformed.
 - A ping is skipped, not queued, when its tick finds an event being sent.
 - ``send_timeout`` bounds event and ping sends and HEAD's messages, not the head of a
   stream, which waits for the resolver. Below ASGI spec 2.4 a timeout raises
@@ -67,6 +67,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ._resolve import ResolverErrorPolicy
 from ._response import HeaderFirstStreamingResponse
+from ._shutdown import wait_for_server_exit
 from ._types import EarlyErrorHandler, HeaderResolver, HeaderSource
 
 try:
@@ -79,6 +80,8 @@ except ModuleNotFoundError as exc:
     ) from exc
 
 __all__ = ["HeaderFirstEventSourceResponse"]
+
+_HTTP_1 = ("1.1", "1.0")
 
 # With peek_first_chunk=True the resolver gets the first item as the iterator yielded it.
 _EventHeaderResolver = Callable[[Any], Awaitable[HeaderSource]]
@@ -210,8 +213,11 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse, EventSourceRe
         if all(name != b"cache-control" for name, _ in self.raw_headers):
             # A proxy that caches for fan-out sets its own (sse-starlette does the same).
             self.raw_headers.append((b"cache-control", b"no-store"))
-        self.raw_headers = [pair for pair in self.raw_headers if pair[0] != b"x-accel-buffering"]
-        self.raw_headers.append((b"x-accel-buffering", b"no"))
+        # Forced, as sse-starlette forces them; `connection` is dropped again for HTTP/2
+        # and HTTP/3, where a connection-specific header makes the response malformed.
+        forced = (b"connection", b"x-accel-buffering")
+        self.raw_headers = [pair for pair in self.raw_headers if pair[0] not in forced]
+        self.raw_headers += [(b"connection", b"keep-alive"), (b"x-accel-buffering", b"no")]
         self.sep = sep or self.DEFAULT_SEPARATOR
         self.ping_message_factory = ping_message_factory
         self.data_sender_callable = data_sender_callable
@@ -226,12 +232,24 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse, EventSourceRe
         self._ping_send: Send | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.send_timeout is not None and scope["type"] == "http":
+        if scope["type"] == "http":
+            if scope.get("http_version", "1.1") not in _HTTP_1:
+                self.raw_headers = [pair for pair in self.raw_headers if pair[0] != b"connection"]
             method = scope.get("method")
-            if method is not None and method.upper() == "HEAD":
+            if self.send_timeout is not None and method is not None and method.upper() == "HEAD":
                 # As sse-starlette: HEAD's two messages are bounded too.
                 send = _with_timeout(send, self.send_timeout)
         await super().__call__(scope, receive, send)
+
+    async def _listen_for_exit_signal(self) -> None:  # type: ignore[override]
+        """Return when the server shuts down: sse-starlette's hook, with our anyio watcher.
+
+        An instance may replace it, as sse-starlette's own tests and users do.
+        """
+        await wait_for_server_exit()
+
+    async def _wait_for_server_exit(self) -> None:
+        await self._listen_for_exit_signal()
 
     def _listens_to_the_end(self) -> bool:
         return (

@@ -57,6 +57,7 @@ WAIT = 5.0
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-store"),
+    (b"connection", b"keep-alive"),
     (b"x-accel-buffering", b"no"),
 ]
 
@@ -142,12 +143,23 @@ def test_the_lazy_export_is_the_class_and_other_names_still_raise_attribute_erro
 # --- headers and options ---------------------------------------------------------------
 
 
-def test_default_headers_are_sse_starlettes_without_connection_keep_alive() -> None:
-    ours = HeaderFirstEventSourceResponse(events())
-    theirs = EventSourceResponse(events())
+def test_default_headers_are_sse_starlettes() -> None:
+    ours = HeaderFirstEventSourceResponse(events(), headers={"Connection": "close"})
+    theirs = EventSourceResponse(events(), headers={"Connection": "close"})
     assert ours.raw_headers == SSE_HEADERS
-    # The only difference: sse-starlette sends `connection: keep-alive`, forbidden in HTTP/2.
-    assert sorted(theirs.raw_headers) == sorted([*SSE_HEADERS, (b"connection", b"keep-alive")])
+    assert sorted(theirs.raw_headers) == sorted(SSE_HEADERS)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("version", "connection"), [("1.0", True), ("1.1", True), ("2", False)])
+async def test_connection_keep_alive_goes_out_over_http_1_only(
+    version: str, connection: bool
+) -> None:
+    recorder = await call(
+        HeaderFirstEventSourceResponse(events("a"), ping=0), http_scope(http_version=version)
+    )
+    assert ((b"connection", b"keep-alive") in recorder.headers) is connection
+    assert recorder.headers == [h for h in SSE_HEADERS if connection or h[0] != b"connection"]
 
 
 def test_the_apps_own_cache_control_is_kept_and_x_accel_buffering_is_always_no() -> None:
@@ -159,6 +171,7 @@ def test_the_apps_own_cache_control_is_kept_and_x_accel_buffering_is_always_no()
         (b"cache-control", b"public, max-age=5"),
         (b"x-a", b"1"),
         (b"content-type", b"text/event-stream; charset=utf-8"),
+        (b"connection", b"keep-alive"),
         (b"x-accel-buffering", b"no"),
     ]
 
@@ -906,7 +919,7 @@ async def test_server_an_httpx_sse_client_sees_every_event_and_the_late_headers(
     assert headers["x-request-id"] == request_id
     assert headers["x-ratelimit-limit-requests"] == "100"
     assert headers["x-ratelimit-remaining-requests"] == "0"
-    assert "keep-alive" not in headers.get("connection", "")
+    assert headers["connection"] == "keep-alive"  # HTTP/1.1, as sse-starlette sends it
 
 
 @pytest.mark.anyio
