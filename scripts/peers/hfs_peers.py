@@ -37,26 +37,9 @@ DESELECTED: dict[str, dict[str, str]] = {
             "tests examples/02_broadcasting.py, which the sdist does not ship; it tests "
             "the example's own queue (MessageBroadcaster), not EventSourceResponse"
         ),
-        # Signal the server's shutdown by replacing the private watcher on the instance
-        # (ours inherits that method but never calls it).
-        **dict.fromkeys(
-            [
-                "tests/test_sse.py::TestEventSourceResponse::"
-                f"test_send_whenInterrupted_thenClosesSuspendedGenerator[{backend}-False-shutdown]"
-                for backend in _BACKENDS
-            ]
-            + [
-                "tests/test_issue217.py::"
-                f"test_closingFrame_whenSendStalls_thenInterruptionEndsResponse[{backend}-shutdown]"
-                for backend in _BACKENDS
-            ],
-            "signals the shutdown through the private method _listen_for_exit_signal, "
-            "replaced on the response",
-        ),
         "tests/test_issue217.py::"
         "test_send_whenInterruptedAndCleanupStuck_thenDeadlineCancelsCleanup": (
-            "expects a log record from the logger named 'sse_starlette.sse', and signals "
-            "the shutdown through the private method _listen_for_exit_signal"
+            "expects a log record from the logger named 'sse_starlette.sse'"
         ),
         # Call the private watcher on the class and drive AppStatus's signal handler.
         **dict.fromkeys(
@@ -70,8 +53,9 @@ DESELECTED: dict[str, dict[str, str]] = {
                 "tests/test_multi_loop.py::TestUvicornIntrospection::"
                 "test_uvicorn_should_exit_ignored_when_disabled",
             ],
-            "awaits the private EventSourceResponse._listen_for_exit_signal() directly "
-            "(and AppStatus.handle_exit/original_handler, its uvicorn patch)",
+            "awaits the private EventSourceResponse._listen_for_exit_signal() on the class, "
+            "a staticmethod there (and AppStatus.handle_exit/original_handler, its uvicorn "
+            "patch)",
         ),
         **dict.fromkeys(
             [
