@@ -8,12 +8,14 @@ SIGTERM to a real uvicorn process.
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
 import pytest
 from sse_starlette.sse import AppStatus
+from starlette.types import Message
 
 from header_first_stream import (
     HeaderFirstEventSourceResponse,
@@ -223,3 +225,38 @@ def test_shutdown_options_out_of_range_are_refused(
 ) -> None:
     with pytest.raises(error, match=message):
         HeaderFirstStreamingResponse(iter([b""]), **options)
+
+
+async def test_uvicorns_flag_is_read_without_sse_starlette_imported(
+    uvicorn_like: FakeUvicornServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delitem(sys.modules, "sse_starlette.sse")
+    log: list[str] = []
+    response = HeaderFirstStreamingResponse(endless(log), end_on_shutdown=True)
+    await run_until_shutdown(
+        response, lambda: setattr(uvicorn_like, "should_exit", True), within=POLL_INTERVAL + 0.5
+    )
+    assert log == ["finally"]
+
+
+async def test_a_shutdown_during_the_final_message_lets_it_finish() -> None:
+    release = anyio.Event()
+    recorder = Recorder()
+
+    async def slow_end(message: Message) -> None:
+        await recorder(message)
+        if not message.get("more_body", True) and message["type"] == "http.response.body":
+            await release.wait()  # the client is slow to take the last chunk
+
+    async def short() -> AsyncIterator[bytes]:
+        yield b"a"
+
+    response = HeaderFirstStreamingResponse(short(), end_on_shutdown=True)
+    async with anyio.create_task_group() as group:
+        group.start_soon(response, http_scope(), receive_nothing(), slow_end)
+        await wait_until(lambda: len(recorder.messages) == 3, 2)  # head, "a", the end
+        begin_shutdown()
+        await anyio.sleep(0.05)
+        release.set()
+    assert [m for _, m in recorder.messages][-1] == END
+    assert response._closed

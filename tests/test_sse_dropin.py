@@ -187,3 +187,12 @@ async def test_cleanup_timeout_given_to_the_constructor_bounds_the_close(
     assert [(r.levelname, r.getMessage()) for r in caplog.records if r.name == LOGGER] == [
         ("WARNING", "closing the body iterator took over 0.01s")
     ]
+
+
+@pytest.mark.parametrize(
+    "option", ["ping_message_factory", "data_sender_callable", "client_close_handler_callable"]
+)
+def test_a_callback_that_is_not_callable_is_refused_at_construction(option: str) -> None:
+    with pytest.raises(TypeError, match=f"^{option} must be callable, got int$"):
+        options: dict[str, Any] = {option: 3}
+        HeaderFirstEventSourceResponse(events(), **options)

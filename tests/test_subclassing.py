@@ -15,7 +15,17 @@ from starlette.types import Message, Receive, Send
 
 from header_first_stream import HeaderFirstStreamingResponse, late_headers
 
-from ._asgi import END, LOGGER, call, chunk, http_scope, receive_disconnect_after, sent, start
+from ._asgi import (
+    END,
+    LOGGER,
+    call,
+    chunk,
+    http_scope,
+    receive_disconnect_after,
+    sent,
+    start,
+    websocket_scope,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -178,4 +188,19 @@ async def test_set_cookie_and_init_headers_work_as_in_starlette() -> None:
         (b"x-default", b"1"),
         (b"set-cookie", b"session=s1; Path=/; SameSite=lax"),
         (b"x-ratelimit-remaining-requests", b"41"),
+    ]
+
+
+async def test_an_override_on_a_websocket_denial_passes_other_messages_unprefixed() -> None:
+    class Debugging(HeaderFirstStreamingResponse):
+        async def stream_response(self, send: Send) -> None:
+            await send({"type": "http.response.debug", "info": {}})
+            await send(start(403, []))
+            await send(chunk(b"no", more=False))
+
+    recorder = await call(Debugging(words()), websocket_scope())
+    assert sent(recorder) == [
+        {"type": "http.response.debug", "info": {}},
+        {"type": "websocket.http.response.start", "status": 403, "headers": []},
+        {"type": "websocket.http.response.body", "body": b"no", "more_body": False},
     ]
