@@ -1,0 +1,240 @@
+"""pytest plugin: a peer's own test suite, run against header-first-stream's classes.
+
+`scripts/test-peers` loads it (``-p hfs_peers --peer NAME``) into the released tests of
+Starlette (``--peer starlette``) and sse-starlette (``--peer sse-starlette``). Before any
+conftest or test module is imported, it replaces
+
+- ``starlette.responses.StreamingResponse`` with `HeaderFirstStreamingResponse`;
+- ``sse_starlette.EventSourceResponse`` and ``sse_starlette.sse.EventSourceResponse`` with
+  `HeaderFirstEventSourceResponse`,
+
+so ``from starlette.responses import StreamingResponse`` in a test gets ours.
+
+It proves the substitution happened, three ways: the collected test modules must hold no
+original class (and at least one must hold ours); the originals' ``__call__`` raises if an
+instance that is not ours runs; and the summary names what was replaced.
+
+`DESELECTED` is the one list of the peers' tests that are not run, each with its reason:
+tests that reach into the original's private attributes, logger or internals, one that
+needs an example file the sdist does not ship, and one that pins concurrent ``send()``
+calls, which this package never makes (docs/differences.md lists them all). A listed test
+that no longer exists is an error, so the list cannot go stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+_BACKENDS = ("asyncio", "trio")
+
+# Each entry: a node id, or a prefix of node ids (a file, a class, a test without its
+# parameters), relative to the peer's rootdir, and why it is not run.
+DESELECTED: dict[str, dict[str, str]] = {
+    "starlette": {},
+    "sse-starlette": {
+        "tests/test_broadcasting_example.py": (
+            "tests examples/02_broadcasting.py, which the sdist does not ship; it tests "
+            "the example's own queue (MessageBroadcaster), not EventSourceResponse"
+        ),
+        "tests/test_issue217.py::"
+        "test_send_whenInterruptedAndCleanupStuck_thenDeadlineCancelsCleanup": (
+            "expects a log record from the logger named 'sse_starlette.sse'"
+        ),
+        # Call the private watcher on the class and drive AppStatus's signal handler.
+        **dict.fromkeys(
+            [
+                "tests/test_multi_loop.py::TestIssue149HandleExitSignaling::"
+                "test_handle_exit_wakes_waiting_task",
+                "tests/test_multi_loop.py::TestIssue149HandleExitSignaling::"
+                "test_handle_exit_wakes_multiple_waiting_tasks",
+                "tests/test_multi_loop.py::TestIssue149HandleExitSignaling::"
+                "test_manual_shutdown_ignores_signal",
+                "tests/test_multi_loop.py::TestUvicornIntrospection::"
+                "test_uvicorn_should_exit_ignored_when_disabled",
+            ],
+            "awaits the private EventSourceResponse._listen_for_exit_signal() on the class, "
+            "a staticmethod there (and AppStatus.handle_exit/original_handler, its uvicorn "
+            "patch)",
+        ),
+        **dict.fromkeys(
+            [
+                "tests/test_sse.py::TestEventSourceResponse::"
+                "test_ping_whenTimerTicks_thenSendsOneMessagePerTick",
+                "tests/test_sse.py::TestEventSourceResponse::"
+                "test_ping_whenSendTimesOut_thenRaisesSendTimeoutError",
+            ],
+            "calls the private method _ping(send), stops it through the attribute "
+            "`active` and patches sse_starlette.sse.anyio.sleep",
+        ),
+        # Count log records by sse-starlette's logger name ("sse_starlette.sse").
+        **dict.fromkeys(
+            [
+                "tests/test_sse.py::TestEventSourceResponse::"
+                f"test_stream_whenEncodingFails_thenClosesSuspendedGenerator[{backend}-True-{error}]"
+                for backend in _BACKENDS
+                for error in ("unknown_field", "retry", "string")
+            ]
+            + [
+                "tests/test_sse.py::TestEventSourceResponse::"
+                f"test_send_whenInterrupted_thenClosesSuspendedGenerator[{backend}-True-{cause}]"
+                for backend in _BACKENDS
+                for cause in ("disconnect", "shutdown", "cancel", "send_error", "timeout")
+            ]
+            + [
+                "tests/test_issue217.py::"
+                "test_stream_whenEncodingFailsAndCleanupStuck_thenDeadlineCancelsCleanup",
+                "tests/test_issue217.py::"
+                "test_send_whenCleanupSwallowsDeadlineCancellation_thenStillWarns",
+            ],
+            "expects a log record from the logger named 'sse_starlette.sse'",
+        ),
+        # Behaviour, not internals: the one deliberate difference that a peer test pins.
+        "tests/test_sse.py::TestEventSourceResponse::"
+        "test_ping_whenConcurrentWithEvents_thenRespectsLocking": (
+            "expects sse-starlette to call send() for a ping while an event's send() is "
+            "still running (it asserts the WouldBlock that overlap raises); we never call "
+            "send() concurrently: that ping is skipped, the event keeps the connection alive"
+        ),
+        "tests/test_sse.py::TestEventSourceResponse::"
+        "test_disconnect_whenClientDisconnects_thenHandlesGracefully": (
+            "asserts sse-starlette's DEBUG log text \"chunk: b'data: 4...'\" (its logger's "
+            "internal messages), through an httpx_client fixture its sdist does not ship"
+        ),
+    },
+}
+
+_REPLACED: list[tuple[str, str]] = []
+_USED: set[str] = set()  # the entries that deselected a test in this run
+
+
+def _substitute() -> None:
+    import sse_starlette
+    import sse_starlette.sse
+    import starlette.responses
+
+    from header_first_stream import HeaderFirstEventSourceResponse, HeaderFirstStreamingResponse
+
+    original_streaming = starlette.responses.StreamingResponse
+    original_sse = sse_starlette.sse.EventSourceResponse
+    if original_streaming is HeaderFirstStreamingResponse:
+        return  # already done (pytest may configure twice, e.g. under pytester)
+    _guard(original_streaming, HeaderFirstStreamingResponse)
+    _guard(original_sse, HeaderFirstEventSourceResponse)
+    starlette.responses.StreamingResponse = HeaderFirstStreamingResponse  # type: ignore[misc]
+    sse_starlette.EventSourceResponse = HeaderFirstEventSourceResponse  # type: ignore[misc]
+    sse_starlette.sse.EventSourceResponse = HeaderFirstEventSourceResponse  # type: ignore[misc]
+    _ORIGINALS[original_streaming] = HeaderFirstStreamingResponse
+    _ORIGINALS[original_sse] = HeaderFirstEventSourceResponse
+    _REPLACED.extend(
+        [
+            ("starlette.responses.StreamingResponse", "HeaderFirstStreamingResponse"),
+            ("sse_starlette.EventSourceResponse", "HeaderFirstEventSourceResponse"),
+            ("sse_starlette.sse.EventSourceResponse", "HeaderFirstEventSourceResponse"),
+        ]
+    )
+
+
+_ORIGINALS: dict[type, type] = {}
+
+
+def _guard(original: type, substitute: type) -> None:
+    # An instance of the original class (not of ours, which may call up to it) that runs
+    # means a test escaped the substitution: fail that test loudly.
+    original_call = original.__call__
+
+    async def guarded_call(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        if not isinstance(self, substitute):
+            raise AssertionError(
+                f"the original {original.__module__}.{original.__qualname__} ran "
+                f"({type(self).__qualname__}) instead of {substitute.__qualname__}: "
+                "the substitution missed this test"
+            )
+        await original_call(self, scope, receive, send)
+
+    original.__call__ = guarded_call  # type: ignore[method-assign]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--peer",
+        choices=sorted(DESELECTED),
+        required=True,
+        help="whose test suite this is: selects the list of deselected tests",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    _substitute()
+
+
+def _matches(nodeid: str, entry: str) -> bool:
+    return nodeid == entry or nodeid.startswith((entry + "::", entry + "["))
+
+
+def _modules(items: list[pytest.Item]) -> Iterator[Any]:
+    seen: set[int] = set()
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and id(module) not in seen:
+            seen.add(id(module))
+            yield module
+
+
+@pytest.hookimpl(tryfirst=True)  # before -k and -m deselect: the list sees every test
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    listed = DESELECTED[config.getoption("--peer")]
+    # An entry is stale if its file was collected but none of its tests (a run of some
+    # files only does not make the entries of the others stale).
+    files = {item.nodeid.split("::", 1)[0] for item in items}
+    unused = {entry for entry in listed if entry.split("::", 1)[0].split("[", 1)[0] in files}
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        entry = next((e for e in listed if _matches(item.nodeid, e)), None)
+        if entry is None:
+            kept.append(item)
+        else:
+            unused.discard(entry)
+            dropped.append(item)
+    if unused:
+        raise pytest.UsageError(
+            f"DESELECTED in {__file__} lists tests that were not collected: "
+            f"{sorted(unused)} (remove them from the list)"
+        )
+    holding_ours = 0
+    for module in _modules(kept):
+        for name, value in vars(module).items():
+            for original, ours in _ORIGINALS.items():
+                if value is original:
+                    raise pytest.UsageError(
+                        f"{module.__name__}.{name} is the original {original.__qualname__}, "
+                        f"not {ours.__qualname__}: the substitution came too late"
+                    )
+                if value is ours:
+                    holding_ours += 1
+    if not holding_ours:
+        raise pytest.UsageError(
+            "no collected test module holds a substituted class: these tests would not "
+            "test header-first-stream"
+        )
+    _USED.update(e for e in listed if any(_matches(item.nodeid, e) for item in dropped))
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [f"hfs_peers: {old} is {new}" for old, new in _REPLACED]
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    listed = DESELECTED[config.getoption("--peer")]
+    if _USED:
+        terminalreporter.section("deselected by hfs_peers (tests of private internals)")
+    for entry, reason in listed.items():
+        if entry in _USED:
+            terminalreporter.write_line(f"{entry}: {reason}")
