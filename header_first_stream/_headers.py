@@ -221,20 +221,30 @@ def merge_headers(base: RawHeaders, late: RawHeaders) -> RawHeaders:
 
 
 def validate_own_headers(raw_headers: RawHeaders, response: str) -> None:
-    """Validate the own headers of a streamed response; refuse its framing headers.
+    """Validate the own headers of a streamed response; refuse framing that cannot hold.
 
-    The server frames a stream (chunked, or by closing the connection); a
-    ``content-length`` or ``transfer-encoding`` of the app's own would describe a body
-    other than the one sent, or frame it twice.
+    The server frames a stream (chunked, or by closing the connection). A stream of a known
+    size may say so with one ``content-length`` of decimal digits, as Starlette's
+    `StreamingResponse` allows (the server then holds the body to it); a
+    ``transfer-encoding``, a malformed ``content-length`` or several of them would frame
+    the body twice or not at all (a server drops such a response without a word).
     """
+    lengths = 0
     for name, value in raw_headers:
         _check(name, value)
-        if name.lower() in FRAMING_HEADERS:
-            raise HeaderValidationError(
-                f"invalid response header {name.decode('latin-1')!r} for {response}: the "
-                "server frames a streamed body (remove content-length and transfer-encoding "
-                "from its headers)"
-            )
+        lowered = name.lower()
+        if lowered == b"content-length":
+            lengths += 1
+            if lengths == 1 and value.isdigit():
+                continue
+        elif lowered != b"transfer-encoding":
+            continue
+        raise HeaderValidationError(
+            f"invalid response header {name.decode('latin-1')}: "
+            f"{value.decode('latin-1')!r} for {response}: the server frames a streamed body "
+            "(give at most one content-length, of decimal digits, for a body of known "
+            "size; never transfer-encoding)"
+        )
 
 
 # 1xx, 204 and 304 responses have no body, so no content-length to compute (RFC 9110

@@ -31,9 +31,10 @@ Divergences from `starlette.responses.StreamingResponse` (each pinned by a parit
 - The body iterator is closed (``aclose()``/``close()``) on every exit; Starlette leaves an
   abandoned generator to the garbage collector.
 - Headers are validated before sending; an invalid one gives a 500, never a split head.
-  Its own ``content-length`` or ``transfer-encoding`` is invalid (the server frames the
-  stream), and so is a head over ``max_head_size`` or a value over
-  ``max_header_value_size`` (see ``docs/headers.md``).
+  Its own ``transfer-encoding``, or a ``content-length`` that is not one number, is
+  invalid (the server frames the stream; one decimal ``content-length`` for a body of
+  known size is kept, as in Starlette), and so is a head over ``max_head_size`` or a value
+  over ``max_header_value_size`` (see ``docs/headers.md``).
 - While the head is held back, a disconnect is watched for on both ASGI paths (Starlette
   watches only below spec 2.4), so that a client that left cancels the resolver.
 - A disconnect (or the server's exit) seen while the final body message is being sent

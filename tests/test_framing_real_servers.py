@@ -39,7 +39,8 @@ EARLY_ERROR_FRAMINGS = {
 }
 
 OWN_FRAMINGS = {
-    "own-content-length": {"content-length": "5"},
+    "own-malformed-length": {"content-length": "5b"},
+    "own-two-lengths": {"content-length": "5, 5"},
     "own-chunked": {"transfer-encoding": "chunked"},
 }
 
@@ -70,10 +71,16 @@ def own_framing(request: Request) -> Response:
     return HeaderFirstStreamingResponse(body(), headers=OWN_FRAMINGS[request.path_params["case"]])
 
 
+def known_size(request: Request) -> Response:
+    late_headers(request).add("x-request-id", "r1")
+    return HeaderFirstStreamingResponse(body(), headers={"content-length": "5"})
+
+
 APP = Starlette(
     routes=[
         Route("/early/{case}", early_error),
         Route("/own/{case}", own_framing),
+        Route("/known-size", known_size),
     ]
 )
 
@@ -107,3 +114,12 @@ def test_a_stream_with_its_own_framing_header_is_answered_500_with_one_framing(
     assert response.status == 500
     assert response.without(*SERVER_OWN) == ERROR_500
     assert response.body == b"Internal Server Error"
+
+
+def test_a_stream_of_known_size_goes_out_with_its_one_content_length_as_in_starlette(
+    url: str,
+) -> None:
+    response = http1_get(url, "/known-size")
+    assert response.status == 200
+    assert response.without(*SERVER_OWN) == [(b"content-length", b"5"), (b"x-request-id", b"r1")]
+    assert response.body == b"hello"

@@ -177,9 +177,11 @@ async def test_the_sse_response_refuses_a_refused_late_name_too() -> None:
 @pytest.mark.parametrize(
     "headers",
     [
-        [(b"content-length", b"5")],
         [(b"transfer-encoding", b"chunked")],
-        [(b"Content-Length", b"5")],
+        [(b"Transfer-Encoding", b"identity")],
+        [(b"content-length", b"abc")],
+        [(b"Content-Length", b"-5")],
+        [(b"content-length", b"5"), (b"content-length", b"5")],
     ],
 )
 def test_validate_own_headers_refuses_framing_naming_the_header_and_the_fix(
@@ -187,11 +189,16 @@ def test_validate_own_headers_refuses_framing_naming_the_header_and_the_fix(
 ) -> None:
     with pytest.raises(HeaderValidationError) as info:
         validate_own_headers([(b"x-ok", b"1"), *headers], "HeaderFirstStreamingResponse")
-    name = headers[0][0].decode()
+    name, value = headers[-1][0].decode(), headers[-1][1].decode()
     assert str(info.value) == (
-        f"invalid response header {name!r} for HeaderFirstStreamingResponse: the server "
-        "frames a streamed body (remove content-length and transfer-encoding from its headers)"
+        f"invalid response header {name}: {value!r} for HeaderFirstStreamingResponse: the "
+        "server frames a streamed body (give at most one content-length, of decimal digits, "
+        "for a body of known size; never transfer-encoding)"
     )
+
+
+def test_validate_own_headers_accepts_one_content_length_as_starlette_does() -> None:
+    validate_own_headers([(b"content-length", b"10"), (b"x-a", b"1")], "R")
 
 
 def test_validate_own_headers_accepts_other_headers_and_refuses_control_characters() -> None:
@@ -201,13 +208,13 @@ def test_validate_own_headers_accepts_other_headers_and_refuses_control_characte
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("name", ["content-length", "transfer-encoding"])
+@pytest.mark.parametrize(("name", "value"), [("content-length", "5b"), ("transfer-encoding", "5")])
 async def test_a_stream_with_its_own_framing_header_gives_a_500_with_the_late_headers(
-    name: str, caplog: pytest.LogCaptureFixture
+    name: str, value: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     scope = http_scope()
     late_headers(scope).add("x-request-id", "r1")
-    response = HeaderFirstStreamingResponse(body(), headers={name: "5"})
+    response = HeaderFirstStreamingResponse(body(), headers={name: value})
     recorder = await call(response, scope)
     assert recorder.status == 500
     assert recorder.headers == [*ERROR_500, (b"x-request-id", b"r1")]
@@ -481,7 +488,9 @@ async def test_the_limits_are_class_attributes_a_subclass_or_instance_may_change
 async def test_the_sse_response_refuses_its_own_framing_headers_too() -> None:
     from header_first_stream import HeaderFirstEventSourceResponse
 
-    response = HeaderFirstEventSourceResponse(body(), ping=0, headers={"content-length": "9"})
+    response = HeaderFirstEventSourceResponse(
+        body(), ping=0, headers={"transfer-encoding": "chunked"}
+    )
     recorder = await call(response)
     assert recorder.status == 500
     assert recorder.headers == ERROR_500
