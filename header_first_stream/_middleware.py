@@ -14,11 +14,13 @@ Invariants, enforced in `HeaderFirstMiddleware.__call__` below:
    message is one branch.
 3. Nothing is invented when the app fails: if it raises before its head went out, nothing is
    sent and the exception propagates (an error middleware outside still answers ``500``);
-   an app that sent nothing sends nothing; a client that left while the head was held back
-   gets nothing more from the middleware.
-4. `CURRENT` is set for one request, in that request's own context, and reset when the
+   an app that sent nothing sends nothing.
+4. A client that left before the head went out (the app received ``http.disconnect``)
+   gets nothing more: the resolver, if running, is cancelled, and no head is sent after it.
+   The check is on the holding path only, never per chunk after the head.
+5. `CURRENT` is set for one request, in that request's own context, and reset when the
    request ends, however it ends.
-5. Headers the middleware adds were validated when they were added (`LateHeaders`) or
+6. Headers the middleware adds were validated when they were added (`LateHeaders`) or
    rendered (the resolver's); the inner app's own head is passed on as the app built it.
 """
 
@@ -35,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ._headers import merge_headers
 from ._late import CURRENT, LateHeaders, late_headers
 from ._resolve import ResolverErrorPolicy, ResolverFailed, check_options, plain_error, resolve
+from ._response import spec_at_least_2_4
 from ._types import HeaderSource, RawHeaders
 
 __all__ = ["HeaderFirstMiddleware", "ScopeHeaderResolver"]
@@ -79,16 +82,21 @@ class HeaderFirstMiddleware:
       as a broken response).
     - If the app raises before its head went out, nothing is sent and the exception
       propagates; if it raises after, it propagates too.
-    - A client that disconnected while the head was held back (the app received
-      ``http.disconnect``) gets nothing from the middleware itself; what the app still
-      sends is passed on, for the server to drop.
+    - A client that disconnected before the head went out (the app received
+      ``http.disconnect``) gets nothing more: a running ``resolver`` is cancelled at once,
+      no head is sent, and what the app still sends is dropped (from ASGI spec 2.4 on,
+      ``send`` raises `OSError` instead, as the server's own would).
+    - The middleware never calls ``receive`` itself (the app owns it), so it learns of a
+      disconnect only through the app: Starlette's `StreamingResponse` (below spec 2.4),
+      `HeaderFirstStreamingResponse` and sse-starlette listen while they stream. An app
+      that never listens (`JSONResponse`, a plain ``dict``, any response sent in one go)
+      leaves a ``resolver`` for a client that left running until it returns, bounded by
+      ``resolver_timeout``; its head then goes to a server that drops it.
     - ``resolver`` failures are answered as `HeaderFirstStreamingResponse` answers them: a
       ``500`` (``504`` on timeout) with a short plain-text body and the request's late
       headers, the exception logged with the path; the app is then cancelled, and anything
       it still sends is dropped. With ``on_resolver_error="degrade"`` the response goes out
       without the resolver's headers, logged at WARNING.
-    - The middleware never calls ``receive`` itself (the app owns it): a resolver running
-      for a client that left is bounded by ``resolver_timeout``, not cancelled.
     - The app's own head is passed on as the app built it (names of the headers it merges
       with are compared case-insensitively); only the headers the middleware adds are its
       to validate, and they were validated when added.
@@ -177,12 +185,17 @@ class HeaderFirstMiddleware:
         answered = False  # the middleware answered with its own error response
         disconnected = False  # the app received http.disconnect
         cancel_scope: anyio.CancelScope | None = None
+        resolving: anyio.CancelScope | None = None  # while the resolver runs
 
         async def receive_watching() -> Message:
             nonlocal disconnected
             message = await receive()
             if message["type"] == "http.disconnect":
                 disconnected = True
+                # The app may go on without cancelling the task that holds the head (it
+                # may not listen in that task, or not cancel it): cancel the resolver here.
+                if resolving is not None:
+                    resolving.cancel()
             return message
 
         def send_holding(message: Message) -> Awaitable[None]:
@@ -199,6 +212,16 @@ class HeaderFirstMiddleware:
                 # is complete, so whatever the app still sends must not go out.
                 await anyio.lowlevel.checkpoint()
                 return
+            if disconnected:
+                # The client left before the head went out: nothing more goes out. As a
+                # server does: dropped below spec 2.4, OSError from spec 2.4 on.
+                if spec_at_least_2_4(scope):
+                    raise OSError(
+                        "the client disconnected before the response head was sent "
+                        "(the app received http.disconnect); stop sending"
+                    )
+                await anyio.lowlevel.checkpoint()
+                return
             if held is None:
                 if message["type"] == "http.response.start":
                     held = message
@@ -210,8 +233,17 @@ class HeaderFirstMiddleware:
             await release(held, message)
 
         async def release(start: Message, message: Message) -> None:
-            nonlocal passthrough, answered
-            head, error_body = await self._head(scope, start, store)
+            nonlocal passthrough, answered, resolving
+            if self.resolver is None:
+                head, error_body = await self._head(scope, start, store)
+            else:
+                with anyio.CancelScope() as resolving:
+                    head, error_body = await self._head(scope, start, store)
+                resolving = None
+                if disconnected:
+                    # Cancelled by `receive_watching`, or the resolver ended without
+                    # noticing (a worker thread): either way no head goes out.
+                    return
             if error_body is None:
                 passthrough = True
                 await send(head)

@@ -114,7 +114,7 @@ def _deny_websocket(send: Send) -> Send:
 _SPEC_AT_LEAST_2_4: dict[str, bool] = {}
 
 
-def _spec_at_least_2_4(scope: Scope) -> bool:
+def spec_at_least_2_4(scope: Scope) -> bool:
     version: str = scope.get("asgi", {}).get("spec_version", "2.0")
     known = _SPEC_AT_LEAST_2_4.get(version)
     if known is None:
@@ -244,7 +244,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             if scope["type"] != "http":
                 send = _deny_websocket(send)
                 await self._stream(scope, send, await self._prepare(scope))
-            elif _spec_at_least_2_4(scope):
+            elif spec_at_least_2_4(scope):
                 await self._call_spec_2_4(scope, receive, send)
             else:
                 await self._call_listening(scope, receive, send)
