@@ -85,7 +85,11 @@ class HeaderFirstMiddleware:
     - A client that disconnected before the head went out (the app received
       ``http.disconnect``) gets nothing more: a running ``resolver`` is cancelled at once,
       no head is sent, and what the app still sends is dropped (from ASGI spec 2.4 on,
-      ``send`` raises `OSError` instead, as the server's own would).
+      ``send`` raises `OSError` instead, as the server's own would). The app receives
+      that ``http.disconnect`` once the ``send`` that ran the resolver has returned, so
+      that an app that then cancels its streaming task (Starlette's `StreamingResponse`
+      does) cancels it inside its body generator, which closes it, instead of leaving it
+      to the garbage collector.
     - The middleware never calls ``receive`` itself (the app owns it), so it learns of a
       disconnect only through the app: Starlette's `StreamingResponse` (below spec 2.4),
       `HeaderFirstStreamingResponse` and sse-starlette listen while they stream. An app
@@ -186,16 +190,23 @@ class HeaderFirstMiddleware:
         disconnected = False  # the app received http.disconnect
         cancel_scope: anyio.CancelScope | None = None
         resolving: anyio.CancelScope | None = None  # while the resolver runs
+        resolver_left: anyio.Event | None = None  # set when the resolver's scope exits
 
         async def receive_watching() -> Message:
-            nonlocal disconnected
+            nonlocal disconnected, resolver_left
             message = await receive()
             if message["type"] == "http.disconnect":
                 disconnected = True
-                # The app may go on without cancelling the task that holds the head (it
-                # may not listen in that task, or not cancel it): cancel the resolver here.
                 if resolving is not None:
+                    # The app may not cancel the task that holds the head (it may listen
+                    # elsewhere, or not cancel): cancel the resolver here. And hand the app
+                    # its disconnect only once the send that ran the resolver returned:
+                    # an app that cancels its streaming task then (Starlette's class does)
+                    # cancels it in its body iterator, which closes the iterator, instead
+                    # of in our send, which leaves the iterator to the garbage collector.
+                    resolver_left = anyio.Event()
                     resolving.cancel()
+                    await resolver_left.wait()
             return message
 
         def send_holding(message: Message) -> Awaitable[None]:
@@ -220,7 +231,8 @@ class HeaderFirstMiddleware:
                         "the client disconnected before the response head was sent "
                         "(the app received http.disconnect); stop sending"
                     )
-                await anyio.lowlevel.checkpoint()
+                # No checkpoint, as servers drop it: an app that cancels its streaming task
+                # on the disconnect cancels it in its body iterator, which closes it.
                 return
             if held is None:
                 if message["type"] == "http.response.start":
@@ -237,9 +249,13 @@ class HeaderFirstMiddleware:
             if self.resolver is None:
                 head, error_body = await self._head(scope, start, store)
             else:
-                with anyio.CancelScope() as resolving:
-                    head, error_body = await self._head(scope, start, store)
-                resolving = None
+                try:
+                    with anyio.CancelScope() as resolving:
+                        head, error_body = await self._head(scope, start, store)
+                finally:
+                    resolving = None
+                    if resolver_left is not None:
+                        resolver_left.set()
                 if disconnected:
                     # Cancelled by `receive_watching`, or the resolver ended without
                     # noticing (a worker thread): either way no head goes out.
