@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from fastapi import Depends, FastAPI
 from fastapi import Request as FastAPIRequest
 from starlette.applications import Starlette
@@ -393,6 +394,10 @@ async def endless(request: Request) -> Response:
     async def abody() -> AsyncIterator[bytes]:
         try:
             while True:
+                # A checkpoint, as an upstream read would be: an async generator that never
+                # awaits spins forever once the client left (uvicorn's send() returns
+                # without yielding after a disconnect; Starlette's class alike).
+                await anyio.lowlevel.checkpoint()
                 COUNTERS.add("endless_produced", len(ENDLESS_CHUNK))
                 yield ENDLESS_CHUNK
         finally:
