@@ -17,6 +17,7 @@ collector: ``st-mw`` may leave no more generators open past their request than `
 
 from __future__ import annotations
 
+import math
 import random
 import socket
 import time
@@ -43,6 +44,17 @@ RSS_TOLERANCE = 2 * 1024 * 1024
 Two MiB: allocator and thread-pool noise on an idle CPython server stays well below it,
 while a leak of one body generator with its frame, response and task per request (a few
 KiB each) over a round of a thousand requests and more exceeds it.
+"""
+
+ST_MW_MARGIN = 0.01
+"""How many more of its generators ``st-mw`` may leave to the garbage collector than
+``st``, as a fraction of those it entered.
+
+Both families share one race: a cancellation that lands inside the server's own ``send``
+(hypercorn's awaits more than uvicorn's) leaves Starlette's generator suspended, with or
+without the middleware; a few such cases in a round are noise. Before the middleware handed
+the disconnect over only after its resolver's ``send`` returned, ``st-mw`` left 4-10%
+(docs/reliability.md).
 """
 
 
@@ -157,13 +169,17 @@ def run(
             f = figures[family]
             if f["closed_in_request"] != f["entered"]:
                 failures.append(f"{name}: {family} generators not closed in request: {f}")
-        # Starlette's own class behind the middleware: no worse than Starlette alone.
+        # Starlette's own class behind the middleware: no worse than Starlette alone, give
+        # or take `ST_MW_MARGIN` (see there).
         left = {
             family: figures[family]["entered"] - figures[family]["closed_in_request"]
             for family in ("st", "st-mw")
         }
-        if left["st-mw"] > left["st"]:
-            failures.append(f"{name}: st-mw left more generators to the GC than st: {left}")
+        margin = math.ceil(figures["st-mw"]["entered"] * ST_MW_MARGIN)
+        if left["st-mw"] > left["st"] + margin:
+            failures.append(
+                f"{name}: st-mw left more generators to the GC than st (+{margin}): {left}"
+            )
         for prefix in ("resolver", "mw_resolver"):
             begun = after_gc.get(f"{prefix}_started", 0)
             ended = after_gc.get(f"{prefix}_finished", 0) + after_gc.get(f"{prefix}_cancelled", 0)
