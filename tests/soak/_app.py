@@ -69,6 +69,14 @@ class Counters:
         with self._lock:
             self.values.clear()
 
+    def request_started(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+
+    def request_ended(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
 
 COUNTERS = Counters()
 
@@ -107,8 +115,7 @@ class Tracker:
             return
         track = Track()
         token = TRACK.set(track)
-        with COUNTERS._lock:
-            COUNTERS.in_flight += 1
+        COUNTERS.request_started()
 
         async def tracking_send(message: Message) -> None:
             if message["type"] == "http.response.start" and track.resolver_cancelled:
@@ -122,8 +129,7 @@ class Tracker:
             raise
         finally:
             track.done = True
-            with COUNTERS._lock:
-                COUNTERS.in_flight -= 1
+            COUNTERS.request_ended()
             TRACK.reset(token)
 
     async def control(self, scope: Scope, receive: Receive, send: Send) -> None:
