@@ -60,7 +60,9 @@ class LateHeaders:
             ``True`` if the header will be sent, ``False`` if the head already went out.
 
         Raises:
-            HeaderValidationError: The name or value may not be sent.
+            HeaderValidationError: The name or value may not be sent, or the name is one
+                that late headers may not set (framing, connection-specific and
+                server-owned fields; see ``docs/headers.md``).
         """
         return self.update([(name, value)])
 

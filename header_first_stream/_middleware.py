@@ -34,7 +34,13 @@ import anyio
 import anyio.lowlevel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._headers import merge_headers
+from ._headers import (
+    DEFAULT_MAX_HEAD_SIZE,
+    DEFAULT_MAX_HEADER_VALUE_SIZE,
+    HeaderValidationError,
+    check_head_size,
+    merge_headers,
+)
 from ._late import CURRENT, LateHeaders, late_headers
 from ._resolve import ResolverErrorPolicy, ResolverFailed, check_options, plain_error, resolve
 from ._response import spec_at_least_2_4
@@ -48,6 +54,14 @@ ScopeHeaderResolver: TypeAlias = Callable[[Scope], Awaitable[HeaderSource]]
 """An async callable taking the request's ASGI scope and returning late headers."""
 
 _END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+class _Answered(Exception):
+    """Raised from the app's ``send`` once the middleware answered in its place.
+
+    Stops an app that runs without a cancel scope (no resolver): only a head over a size
+    limit is answered there, too rare to pay for a cancel scope on every request.
+    """
 
 
 class HeaderFirstMiddleware:
@@ -106,6 +120,10 @@ class HeaderFirstMiddleware:
       to validate, and they were validated when added.
     - Error responses that Starlette's ``ServerErrorMiddleware`` (outside any
       ``add_middleware`` middleware) sends for an exception do not carry the late headers.
+    - A head the middleware changed is checked against ``max_header_value_size`` (the
+      values it adds) and ``max_head_size`` (the whole head); over a limit, the response
+      is a ``500`` without the late headers, logged naming the header and the limit. A
+      head it did not change is passed on unchecked.
 
     Example:
         A FastAPI dependency that knows a header, and a deep helper that has no request::
@@ -143,7 +161,8 @@ class HeaderFirstMiddleware:
         resolver: An optional async callable taking the request's ASGI scope and returning
             more headers, as a mapping or (name, value) pairs (`int` values rendered as
             decimal text); awaited once per request, when the head is about to go out. It
-            may not set ``content-length`` or ``transfer-encoding``.
+            may not set framing, connection-specific or server-owned fields
+            (``REFUSED_LATE_HEADERS``, listed in ``docs/headers.md``).
         resolver_timeout: Seconds to wait for ``resolver``; ``None`` waits as long as it
             takes.
         on_resolver_error: What a failed, timed-out or invalid ``resolver`` leads to:
@@ -153,6 +172,12 @@ class HeaderFirstMiddleware:
         TypeError: ``resolver`` is not callable.
         ValueError: ``resolver_timeout`` or ``on_resolver_error`` is out of range.
     """
+
+    max_header_value_size: int = DEFAULT_MAX_HEADER_VALUE_SIZE
+    """Bytes one added header value may hold; a longer one is an invalid header."""
+
+    max_head_size: int = DEFAULT_MAX_HEAD_SIZE
+    """Bytes the headers of a head the middleware changed may hold (``name: value\\r\\n``)."""
 
     def __init__(
         self,
@@ -188,7 +213,9 @@ class HeaderFirstMiddleware:
         passthrough = False  # the head went out: pass everything on
         answered = False  # the middleware answered with its own error response
         disconnected = False  # the app received http.disconnect
+        # With a resolver, the app runs in this scope, to be stopped after an error answer.
         cancel_scope: anyio.CancelScope | None = None
+        app_running = True
         resolving: anyio.CancelScope | None = None  # while the resolver runs
         resolver_left: anyio.Event | None = None  # set when the resolver's scope exits
 
@@ -219,8 +246,11 @@ class HeaderFirstMiddleware:
         async def hold(message: Message) -> None:
             nonlocal held
             if answered:
-                # Only reached from a shielded clean-up in the cancelled app: the response
-                # is complete, so whatever the app still sends must not go out.
+                # The response is complete, so whatever the app still sends must not go
+                # out: reached from a shielded clean-up in the cancelled app, or from an app
+                # that caught `_Answered` and sends on.
+                if cancel_scope is None:
+                    raise _Answered
                 await anyio.lowlevel.checkpoint()
                 return
             if disconnected:
@@ -269,13 +299,23 @@ class HeaderFirstMiddleware:
             await send(head)
             await send({"type": "http.response.body", "body": error_body, "more_body": False})
             # The response is complete: stop the app instead of letting it stream into
-            # nothing. Errors come only from a resolver, which runs the app in this scope.
-            assert cancel_scope is not None
-            cancel_scope.cancel()
-            await anyio.lowlevel.checkpoint()
+            # nothing.
+            if cancel_scope is not None:
+                cancel_scope.cancel()
+                await anyio.lowlevel.checkpoint()
+            elif app_running:
+                raise _Answered  # caught below
 
         if self.resolver is None:
-            await self.app(scope, receive_watching, send_holding)
+            try:
+                await self.app(scope, receive_watching, send_holding)
+            except _Answered:
+                pass
+            except BaseExceptionGroup as group:  # an app that sends from a task group
+                rest = group.split(_Answered)[1]
+                if rest is not None:
+                    raise
+            app_running = False
         else:
             with anyio.CancelScope() as cancel_scope:
                 await self.app(scope, receive_watching, send_holding)
@@ -297,6 +337,8 @@ class HeaderFirstMiddleware:
                     self.resolver_timeout,
                     self.on_resolver_error,
                     scope.get("path", ""),
+                    self.max_header_value_size,
+                    self.max_head_size,
                 )
             except ResolverFailed as exc:
                 failure = exc
@@ -305,12 +347,7 @@ class HeaderFirstMiddleware:
         already_in_head = store.sent
         late = store.take()
         if failure is not None:
-            headers, body = plain_error(failure.reason, late)
-            return {
-                "type": "http.response.start",
-                "status": failure.status,
-                "headers": headers,
-            }, body
+            return self._error(failure.status, failure.reason, late, scope)
         if already_in_head:
             # A HeaderFirstStreamingResponse inside put the late headers in its own head,
             # merged in its own order: do not merge them again.
@@ -318,4 +355,22 @@ class HeaderFirstMiddleware:
         if not late and not resolved:
             return start, None
         own = [(bytes(name).lower(), bytes(value)) for name, value in start.get("headers", ())]
-        return {**start, "headers": merge_headers(merge_headers(own, late), resolved)}, None
+        headers = merge_headers(merge_headers(own, late), resolved)
+        try:
+            check_head_size(headers, self.max_header_value_size, self.max_head_size)
+        except HeaderValidationError:
+            logger.exception("response head too large for %s", scope.get("path", ""))
+            return self._error(500, "Internal Server Error", [], scope)
+        return {**start, "headers": headers}, None
+
+    def _error(
+        self, status: int, reason: str, late: RawHeaders, scope: Scope
+    ) -> tuple[Message, bytes]:
+        headers, body = plain_error(reason, late)
+        try:
+            check_head_size(headers, self.max_header_value_size, self.max_head_size)
+        except HeaderValidationError:
+            logger.exception("response head too large for %s", scope.get("path", ""))
+            headers, body = plain_error("Internal Server Error", [])
+            status = 500
+        return {"type": "http.response.start", "status": status, "headers": headers}, body

@@ -1,22 +1,36 @@
 """Running a header resolver, shared by `HeaderFirstStreamingResponse` and the middleware.
 
-Invariant: a resolver's outcome is one of three, decided here and nowhere else: its
-validated headers; no headers (``"degrade"``, logged at WARNING); or `ResolverFailed`,
-which the caller answers with `plain_error` (``"error"``, logged with the traceback).
+Invariants, enforced in `resolve`:
+
+1. A resolver's outcome is one of three, decided here and nowhere else: its validated
+   headers; no headers (``"degrade"``, logged at WARNING); or `ResolverFailed`, which the
+   caller answers with `plain_error` (``"error"``, logged with the traceback).
+2. A cancellation of the task that awaits the resolver propagates (the client left, a
+   timeout middleware, the server shutting down); a ``CancelledError`` the resolver raises
+   while that task is not cancelled (it awaited a future another task cancelled) is a
+   resolver failure like any other exception.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Literal, TypeAlias
 
 import anyio
+import anyio.lowlevel
 
-from ._headers import render_headers
+from ._headers import (
+    DEFAULT_MAX_HEAD_SIZE,
+    DEFAULT_MAX_HEADER_VALUE_SIZE,
+    check_head_size,
+    render_headers,
+)
 from ._types import HeaderSource, RawHeaders
 
 __all__ = [
+    "ResolverCancelledError",
     "ResolverErrorPolicy",
     "ResolverFailed",
     "check_options",
@@ -42,6 +56,10 @@ class _Timeout(Exception):
     pass
 
 
+class ResolverCancelledError(RuntimeError):
+    """The resolver raised ``CancelledError`` while its request was not cancelled."""
+
+
 def check_options(
     name: str, resolver: object, timeout: float | None, policy: str, takes: str
 ) -> None:
@@ -61,23 +79,38 @@ async def resolve(
     seconds: float | None,
     policy: ResolverErrorPolicy,
     path: str,
+    max_value: int = DEFAULT_MAX_HEADER_VALUE_SIZE,
+    max_head: int = DEFAULT_MAX_HEAD_SIZE,
+    *,
+    native_cancel: bool = True,
 ) -> RawHeaders:
     """Await ``call`` within ``seconds`` (``None``: no limit); return its validated headers.
 
+    ``native_cancel=False`` tells that this task is a child of the caller's own task
+    group, which a native asyncio ``Task.cancel()`` cannot reach: every cancellation it
+    sees is an anyio one, and the cancel scope that tells a native one apart is saved.
+
     Raises:
-        ResolverFailed: It raised, timed out or returned an invalid header, and the
-            policy is ``"error"`` (500, or 504 on timeout).
+        ResolverFailed: It raised (a ``CancelledError`` too, when this task was not
+            cancelled), timed out, or returned an invalid, refused or oversized header
+            (over ``max_value`` bytes, or all of them over ``max_head``), and the policy
+            is ``"error"`` (500, or 504 on timeout).
     """
     try:
-        if seconds is None:
-            source = await call()
-        else:
-            with anyio.move_on_after(seconds) as deadline:
+        if seconds is None and not native_cancel:
+            try:
                 source = await call()
-            if deadline.cancelled_caught:
-                raise _Timeout
-        # Validates, and refuses framing headers (content-length, transfer-encoding).
-        return render_headers(source)
+            except anyio.get_cancelled_exc_class() as exc:
+                # anyio and trio cancellations are level-triggered: a real one is seen
+                # again at this checkpoint, and propagates.
+                await anyio.lowlevel.checkpoint_if_cancelled()
+                raise _stray() from exc
+        else:
+            source = await _call_in_scope(call, seconds)
+        # Validates, and refuses framing, connection-specific and server-owned headers.
+        headers = render_headers(source)
+        check_head_size(headers, max_value, max_head)
+        return headers
     except _Timeout:
         if policy == "degrade":
             logger.warning(
@@ -99,6 +132,37 @@ async def resolve(
             return []
         logger.exception("header resolver failed for %s", path)
         raise ResolverFailed(500, "Internal Server Error") from None
+
+
+async def _call_in_scope(
+    call: Callable[[], Awaitable[HeaderSource]], seconds: float | None
+) -> HeaderSource:
+    # One cancel scope for the deadline and for telling a CancelledError that the resolver
+    # raised on its own from a cancellation of this task. Cancelling the scope and passing
+    # a checkpoint asks anyio: the scope absorbs its own cancellation unless an enclosing
+    # one is cancelled too, or (asyncio) a native Task.cancel() landed while the scope was
+    # active, such as a timeout middleware's or the server's.
+    stray: BaseException | None = None
+    deadline = math.inf if seconds is None else anyio.current_time() + seconds
+    with anyio.CancelScope(deadline=deadline) as scope:
+        try:
+            return await call()
+        except anyio.get_cancelled_exc_class() as exc:
+            if scope.cancel_called:
+                raise  # the deadline
+            stray = exc
+            scope.cancel()
+            await anyio.lowlevel.checkpoint()
+    if stray is not None:
+        raise _stray() from stray
+    raise _Timeout
+
+
+def _stray() -> ResolverCancelledError:
+    return ResolverCancelledError(
+        "the header resolver raised CancelledError, but its request was not cancelled "
+        "(it awaited something another task cancelled)"
+    )
 
 
 def plain_error(reason: str, late: RawHeaders) -> tuple[RawHeaders, bytes]:

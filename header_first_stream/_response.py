@@ -27,6 +27,9 @@ Divergences from `starlette.responses.StreamingResponse` (each pinned by a parit
 - The body iterator is closed (``aclose()``/``close()``) on every exit; Starlette leaves an
   abandoned generator to the garbage collector.
 - Headers are validated before sending; an invalid one gives a 500, never a split head.
+  Its own ``content-length`` or ``transfer-encoding`` is invalid (the server frames the
+  stream), and so is a head over ``max_head_size`` or a value over
+  ``max_header_value_size`` (see ``docs/headers.md``).
 - While the head is held back, a disconnect is watched for on both ASGI paths (Starlette
   watches only below spec 2.4), so that a client that left cancels the resolver.
 - The disconnect listener never cancels the final body message: a server that closes
@@ -54,9 +57,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from ._headers import (
+    DEFAULT_MAX_HEAD_SIZE,
+    DEFAULT_MAX_HEADER_VALUE_SIZE,
     HeaderValidationError,
+    check_head_size,
+    frame_complete_response,
     merge_headers,
-    validate_raw_headers,
+    validate_own_headers,
 )
 from ._late import take_late_headers
 from ._resolve import (
@@ -156,8 +163,9 @@ class HeaderFirstStreamingResponse(StreamingResponse):
     Headers are merged in this order, a later source replacing every header of the same
     name from an earlier one: the response's own headers, the request's `late_headers`,
     then the resolver's. A resolver may set ``content-type`` (for the stream: an error
-    response sent instead keeps its own); it may not set ``content-length`` or
-    ``transfer-encoding`` (the server frames the stream), which is an invalid-header
+    response sent instead keeps its own); it may not set framing (``content-length``,
+    ``transfer-encoding``), connection-specific or server-owned fields
+    (``REFUSED_LATE_HEADERS``, listed in ``docs/headers.md``), which is an invalid-header
     failure.
 
     Args:
@@ -194,6 +202,12 @@ class HeaderFirstStreamingResponse(StreamingResponse):
 
     cleanup_timeout: float | None = 30.0
     """Seconds closing the body iterator may take before it is abandoned (logged)."""
+
+    max_header_value_size: int = DEFAULT_MAX_HEADER_VALUE_SIZE
+    """Bytes one header value may hold; a longer one is an invalid header."""
+
+    max_head_size: int = DEFAULT_MAX_HEAD_SIZE
+    """Bytes the headers of the head may hold, counted as ``name: value\\r\\n`` each."""
 
     def __init__(
         self,
@@ -343,6 +357,16 @@ class HeaderFirstStreamingResponse(StreamingResponse):
 
     async def _prepare(self, scope: Scope) -> _Plan:
         """Decide the head: run the peek and the resolver; send nothing."""
+        plan = await self._decide(scope)
+        try:  # once per head, whichever head was decided
+            check_head_size(plan[0]["headers"], self.max_header_value_size, self.max_head_size)
+        except HeaderValidationError:
+            logger.exception("response head too large for %s", scope.get("path", ""))
+            # The late headers or the app's own made it so: an error without either.
+            return _plain_error(500, "Internal Server Error", [])
+        return plan
+
+    async def _decide(self, scope: Scope) -> _Plan:
         first: Any = _NOT_PEEKED
         item: Any = None  # the first chunk as the iterator gave it, for the resolver
         early_error: Exception | None = None
@@ -368,7 +392,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         if early_error is not None:
             return self._early_error_plan(scope, early_error, merge_headers(late, resolved))
         try:
-            validate_raw_headers(self.raw_headers)
+            validate_own_headers(self.raw_headers, type(self).__name__)
         except HeaderValidationError:
             logger.exception("invalid response header for %s", scope.get("path", ""))
             return _plain_error(500, "Internal Server Error", late)
@@ -384,7 +408,15 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         resolver: Any = self.header_resolver
         call: Any = (lambda: resolver(first)) if self.peek_first_chunk else resolver
         return await resolve(
-            call, self.resolver_timeout, self.on_resolver_error, scope.get("path", "")
+            call,
+            self.resolver_timeout,
+            self.on_resolver_error,
+            scope.get("path", ""),
+            self.max_header_value_size,
+            self.max_head_size,
+            # On the listening path this runs in a child task of the response's own task
+            # group, out of reach of a native asyncio cancellation.
+            native_cancel=self._task_group is None,
         )
 
     def _early_error_plan(self, scope: Scope, exc: Exception, late: RawHeaders) -> _Plan:
@@ -412,13 +444,16 @@ class HeaderFirstStreamingResponse(StreamingResponse):
                 path,
             )
             response = _default_early_error()
+        body: bytes | memoryview = response.body
         try:
-            validate_raw_headers(response.raw_headers)
+            # This package sends that response itself: its framing is computed here.
+            own = frame_complete_response(response.status_code, response.raw_headers, body, path)
         except HeaderValidationError:
             logger.exception("invalid header in the early error response for %s", path)
             response = _default_early_error()
-        body: bytes | memoryview = response.body
-        headers = merge_headers(response.raw_headers, without_content_type(late))
+            body = response.body
+            own = response.raw_headers
+        headers = merge_headers(own, without_content_type(late))
         return _simple(response.status_code, headers, body)
 
     async def _stream(self, scope: Scope, send: Send, plan: _Plan) -> None:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from header_first_stream import HeaderValidationError
 from header_first_stream._headers import (
     FRAMING_HEADERS,
+    REFUSED_LATE_HEADERS,
     merge_headers,
     render_headers,
     validate_raw_headers,
@@ -24,7 +25,7 @@ FORBIDDEN = [chr(c) for c in [*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F]]
 DESCRIBED = {"\n": "\\n", "\r": "\\r", "\x00": "\\x00"}
 
 tokens = st.text(alphabet=TCHAR, min_size=1, max_size=40).filter(
-    lambda name: name.lower().encode() not in FRAMING_HEADERS
+    lambda name: name.lower().encode() not in REFUSED_LATE_HEADERS
 )
 field_values = st.text(
     alphabet=st.characters(codec="latin-1", exclude_characters="".join(FORBIDDEN)),
