@@ -117,14 +117,33 @@ CONTROL_STATUS = {**dict.fromkeys(PATHS, 200), "early": 503}
 """The status for the valid control row, by path (the early-error response is a 503)."""
 
 
-def refused_on_main(row: Row, path: str) -> bool:
-    """Whether main's rules (without the hygiene branch) refuse ``row`` on ``path``."""
-    if row is CONTROL or row.hygiene:
-        return False
-    if row.name in ("content-length", "transfer-encoding"):
-        # Late headers only; a response's own framing headers are the hygiene rules'.
-        return path not in ("own", "early")
-    return True
+def expectation(row: Row, path: str, hygiene: bool) -> tuple[int, bool] | None:
+    """The documented (status, whether the row's marker is on the wire) of ``row`` on
+    ``path``; ``None`` where main's rules leave it to the hygiene rules (reported only).
+
+    With ``hygiene``, as docs/headers.md documents them: hop-by-hop and server-owned names
+    are refused as late and resolver headers, but a response's own headers (and the
+    early-error response's) are the app's, as in Starlette; a stream's own framing
+    headers give a 500, the early-error response's are replaced by its true length; a
+    value over the size limit gives a 500 everywhere.
+    """
+    own = path in ("own", "early")
+    if row is CONTROL:
+        return CONTROL_STATUS[path], True
+    framing = row.name in ("content-length", "transfer-encoding")
+    if not hygiene:
+        if row.hygiene or (framing and own):
+            return None
+        return EXPECTED_STATUS[path], False
+    if row.name == "x-soak-big":
+        return 500, False
+    if framing and path == "own":
+        return 500, False
+    if framing and path == "early":
+        return CONTROL_STATUS[path], False
+    if row.hygiene and own:
+        return CONTROL_STATUS[path], True
+    return EXPECTED_STATUS[path], False
 
 
 def url(path: str, index: int) -> str:
