@@ -1,9 +1,10 @@
 """The hostile header table: names and values that must never reach the wire.
 
 Each row carries a marker: bytes that appear on the wire only if the row's header (or a
-header it tried to inject) was sent. Rows marked ``hygiene`` are refused only by the
-header-hygiene rules (hop-by-hop and server-owned names, size limits, framing headers on a
-response's own headers); before those rules they are reported, not asserted.
+header it tried to inject) was sent. Rows marked ``hygiene`` (hop-by-hop and server-owned
+names, a value over the size limit) and a response's own framing headers follow the
+header rules of docs/headers.md; ``scripts/soak --without-hygiene`` reports them instead of
+asserting them, for a tree without those rules.
 """
 
 from __future__ import annotations
