@@ -34,11 +34,11 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from header_first_stream import (
+    HeaderFirstEventSourceResponse,
     HeaderFirstMiddleware,
     HeaderFirstStreamingResponse,
     late_headers,
 )
-from header_first_stream._sse import HeaderFirstEventSourceResponse
 
 from ._hostile import ROWS
 
