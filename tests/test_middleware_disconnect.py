@@ -118,6 +118,32 @@ async def test_a_disconnect_the_app_receives_cancels_the_running_resolver(
 
 
 @pytest.mark.anyio
+async def test_the_app_receives_the_disconnect_only_after_the_resolvers_send_returned() -> None:
+    # So that an app which cancels its sending task on the disconnect cancels it in its
+    # own code (its body generator), not inside our send.
+    order: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        async def respond() -> None:
+            await send(START)
+            await send(body(b"first", more=True))  # the resolver runs inside this send
+            order.append("send returned")
+
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(respond)
+            assert (await receive())["type"] == "http.disconnect"
+            order.append("disconnect received")
+
+    recorder = Recorder()
+    with anyio.fail_after(5):
+        await HeaderFirstMiddleware(app, resolver=SlowResolver())(
+            http_scope(), receive_disconnect_after(LEAVE_AFTER), recorder
+        )
+    assert order == ["send returned", "disconnect received"]
+    assert recorder.messages == []
+
+
+@pytest.mark.anyio
 async def test_a_disconnect_before_the_head_means_the_resolver_is_never_called() -> None:
     resolver = SlowResolver()
 
