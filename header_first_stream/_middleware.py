@@ -14,11 +14,13 @@ Invariants, enforced in `HeaderFirstMiddleware.__call__` below:
    message is one branch.
 3. Nothing is invented when the app fails: if it raises before its head went out, nothing is
    sent and the exception propagates (an error middleware outside still answers ``500``);
-   an app that sent nothing sends nothing; a client that left while the head was held back
-   gets nothing more from the middleware.
-4. `CURRENT` is set for one request, in that request's own context, and reset when the
+   an app that sent nothing sends nothing.
+4. A client that left before the head went out (the app received ``http.disconnect``)
+   gets nothing more: the resolver, if running, is cancelled, and no head is sent after it.
+   The check is on the holding path only, never per chunk after the head.
+5. `CURRENT` is set for one request, in that request's own context, and reset when the
    request ends, however it ends.
-5. Headers the middleware adds were validated when they were added (`LateHeaders`) or
+6. Headers the middleware adds were validated when they were added (`LateHeaders`) or
    rendered (the resolver's); the inner app's own head is passed on as the app built it,
    except ``access-control-expose-headers`` under ``expose_late_headers=True``, which is
    merged with the late headers' names on CORS requests only.
@@ -43,6 +45,7 @@ from ._headers import (
 )
 from ._late import CURRENT, LateHeaders, late_headers
 from ._resolve import ResolverErrorPolicy, ResolverFailed, check_options, plain_error, resolve
+from ._response import spec_at_least_2_4
 from ._types import HeaderSource, RawHeaders
 
 __all__ = ["HeaderFirstMiddleware", "ScopeHeaderResolver"]
@@ -126,9 +129,20 @@ class HeaderFirstMiddleware:
       as a broken response).
     - If the app raises before its head went out, nothing is sent and the exception
       propagates; if it raises after, it propagates too.
-    - A client that disconnected while the head was held back (the app received
-      ``http.disconnect``) gets nothing from the middleware itself; what the app still
-      sends is passed on, for the server to drop.
+    - A client that disconnected before the head went out (the app received
+      ``http.disconnect``) gets nothing more: a running ``resolver`` is cancelled at once,
+      no head is sent, and what the app still sends is dropped (from ASGI spec 2.4 on,
+      ``send`` raises `OSError` instead, as the server's own would). The app receives
+      that ``http.disconnect`` once the ``send`` that ran the resolver has returned, so
+      that an app that then cancels its streaming task (Starlette's `StreamingResponse`
+      does) cancels it inside its body generator, which closes it, instead of leaving it
+      to the garbage collector.
+    - The middleware never calls ``receive`` itself (the app owns it), so it learns of a
+      disconnect only through the app: Starlette's `StreamingResponse` (below spec 2.4),
+      `HeaderFirstStreamingResponse` and sse-starlette listen while they stream. An app
+      that never listens (`JSONResponse`, a plain ``dict``, any response sent in one go)
+      leaves a ``resolver`` for a client that left running until it returns, bounded by
+      ``resolver_timeout``; its head then goes to a server that drops it.
     - ``resolver`` failures are answered as `HeaderFirstStreamingResponse` answers them: a
       ``500`` (``504`` on timeout) with a short plain-text body and the request's late
       headers, the exception logged with the path; the app is then cancelled, and anything
@@ -139,8 +153,6 @@ class HeaderFirstMiddleware:
       to it, and so are ``late_headers()``/``add_late_headers()`` without a request. So is
       the code of a streamed body up to its first chunk, which still runs while the head
       is held (except context variables set in a sync endpoint's worker thread).
-    - The middleware never calls ``receive`` itself (the app owns it): a resolver running
-      for a client that left is bounded by ``resolver_timeout``, not cancelled.
     - The app's own head is passed on as the app built it (names of the headers it merges
       with are compared case-insensitively); only the headers the middleware adds are its
       to validate, and they were validated when added.
@@ -255,12 +267,24 @@ class HeaderFirstMiddleware:
         # With a resolver, the app runs in this scope, to be stopped after an error answer.
         cancel_scope: anyio.CancelScope | None = None
         app_running = True
+        resolving: anyio.CancelScope | None = None  # while the resolver runs
+        resolver_left: anyio.Event | None = None  # set when the resolver's scope exits
 
         async def receive_watching() -> Message:
-            nonlocal disconnected
+            nonlocal disconnected, resolver_left
             message = await receive()
             if message["type"] == "http.disconnect":
                 disconnected = True
+                if resolving is not None:
+                    # The app may not cancel the task that holds the head (it may listen
+                    # elsewhere, or not cancel): cancel the resolver here. And hand the app
+                    # its disconnect only once the send that ran the resolver returned:
+                    # an app that cancels its streaming task then (Starlette's class does)
+                    # cancels it in its body iterator, which closes the iterator, instead
+                    # of in our send, which leaves the iterator to the garbage collector.
+                    resolver_left = anyio.Event()
+                    resolving.cancel()
+                    await resolver_left.wait()
             return message
 
         def send_holding(message: Message) -> Awaitable[None]:
@@ -280,6 +304,17 @@ class HeaderFirstMiddleware:
                     raise _Answered
                 await anyio.lowlevel.checkpoint()
                 return
+            if disconnected:
+                # The client left before the head went out: nothing more goes out. As a
+                # server does: dropped below spec 2.4, OSError from spec 2.4 on.
+                if spec_at_least_2_4(scope):
+                    raise OSError(
+                        "the client disconnected before the response head was sent "
+                        "(the app received http.disconnect); stop sending"
+                    )
+                # No checkpoint, as servers drop it: an app that cancels its streaming task
+                # on the disconnect cancels it in its body iterator, which closes it.
+                return
             if held is None:
                 if message["type"] == "http.response.start":
                     held = message
@@ -291,8 +326,21 @@ class HeaderFirstMiddleware:
             await release(held, message)
 
         async def release(start: Message, message: Message) -> None:
-            nonlocal passthrough, answered
-            head, error_body = await self._head(scope, start, store)
+            nonlocal passthrough, answered, resolving
+            if self.resolver is None:
+                head, error_body = await self._head(scope, start, store)
+            else:
+                try:
+                    with anyio.CancelScope() as resolving:
+                        head, error_body = await self._head(scope, start, store)
+                finally:
+                    resolving = None
+                    if resolver_left is not None:
+                        resolver_left.set()
+                if disconnected:
+                    # Cancelled by `receive_watching`, or the resolver ended without
+                    # noticing (a worker thread): either way no head goes out.
+                    return
             if error_body is None:
                 passthrough = True
                 await send(head)

@@ -149,7 +149,7 @@ _NO_SCOPE = nullcontext()
 _SPEC_AT_LEAST_2_4: dict[str, bool] = {}
 
 
-def _spec_at_least_2_4(scope: Scope) -> bool:
+def spec_at_least_2_4(scope: Scope) -> bool:
     version: str = scope.get("asgi", {}).get("spec_version", "2.0")
     known = _SPEC_AT_LEAST_2_4.get(version)
     if known is None:
@@ -335,7 +335,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         try:
             if scope["type"] == "websocket":
                 await self._respond(scope, _deny_websocket(send))
-            elif not _spec_at_least_2_4(scope):
+            elif not spec_at_least_2_4(scope):
                 await self._respond_listening(scope, receive, send, to_the_end=True)
             else:
                 # From spec 2.4 a disconnect shows as OSError from send(); a listener is

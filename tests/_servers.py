@@ -60,7 +60,7 @@ def _uvicorn(app: ASGIApp, http: str, sock: socket.socket, **config: Any) -> Ite
 
 
 @contextlib.contextmanager
-def _hypercorn(app: ASGIApp, sock: socket.socket) -> Iterator[None]:
+def _hypercorn(app: ASGIApp, sock: socket.socket, **options: Any) -> Iterator[None]:
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
@@ -71,6 +71,8 @@ def _hypercorn(app: ASGIApp, sock: socket.socket) -> Iterator[None]:
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 1.0
+    for name, value in options.items():
+        setattr(config, name, value)
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     started = threading.Event()
@@ -130,7 +132,7 @@ def _lifespan_optional(app: ASGIApp) -> ASGIApp:
 
 
 @contextlib.contextmanager
-def _hypercorn_trio(app: ASGIApp, sock: socket.socket) -> Iterator[None]:
+def _hypercorn_trio(app: ASGIApp, sock: socket.socket, **options: Any) -> Iterator[None]:
     import trio
     from hypercorn.config import Config
     from hypercorn.trio import serve
@@ -140,6 +142,8 @@ def _hypercorn_trio(app: ASGIApp, sock: socket.socket) -> Iterator[None]:
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 1.0
+    for name, value in options.items():
+        setattr(config, name, value)
     served: Any = _lifespan_optional(app)  # hypercorn types the app more narrowly
     listening = threading.Event()
     # Set from the server thread once trio runs: the token to reach it and the stop event.
@@ -218,7 +222,10 @@ def _granian(app: ASGIApp) -> Iterator[str]:
 @contextlib.contextmanager
 def serve(app: ASGIApp, server: str, **config: Any) -> Iterator[str]:
     """Serve ``app`` with ``server`` (one of `SERVERS`, `TRIO_SERVERS` or ``"granian"``);
-    yield its base URL."""
+    yield its base URL.
+
+    ``config``: uvicorn `Config` arguments, or hypercorn `Config` attributes.
+    """
     if server == "granian":
         with _granian(app) as url:
             yield url
@@ -228,9 +235,9 @@ def serve(app: ASGIApp, server: str, **config: Any) -> Iterator[str]:
     try:
         cm: contextlib.AbstractContextManager[None]
         if server == "hypercorn":
-            cm = _hypercorn(app, sock)
+            cm = _hypercorn(app, sock, **config)
         elif server == "hypercorn-trio":
-            cm = _hypercorn_trio(app, sock)
+            cm = _hypercorn_trio(app, sock, **config)
         else:
             cm = _uvicorn(app, server.removeprefix("uvicorn-"), sock, **config)
         with cm:
