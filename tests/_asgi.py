@@ -7,11 +7,13 @@ can show *when* a message went out.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import anyio
 import anyio.lowlevel
+import httpx
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope
 
 
@@ -166,7 +168,7 @@ async def wait_until(condition: Callable[[], bool], seconds: float) -> None:
             await anyio.sleep(0.01)
 
 
-# Bodies, clients and resolvers shared by the tier-1 tests.
+# Bodies, clients, resolvers and handlers shared by the tier-1 tests.
 
 
 async def tracked(events: list[str], *chunks: bytes | str) -> AsyncGenerator[bytes | str]:
@@ -261,3 +263,20 @@ def resolver_of(headers: Any) -> Any:
         return headers
 
     return resolver
+
+
+async def events(*items: object) -> AsyncIterator[object]:
+    """An async generator of ``items``, as an app's event source."""
+    for item in items:
+        yield item
+
+
+def from_upstream_status(exc: Exception) -> Response | None:
+    """An app's `early_error_handler`: forward an upstream's status and retry-after."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return JSONResponse(
+            {"error": {"message": "rate limited upstream", "type": "rate_limit", "code": 429}},
+            status_code=exc.response.status_code,
+            headers={"retry-after": exc.response.headers["retry-after"]},
+        )
+    return None  # pragma: no cover

@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 import anyio
 import httpx
 import pytest
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.types import Message
 
 from header_first_stream import HeaderFirstStreamingResponse, late_headers
@@ -27,6 +27,7 @@ from ._asgi import (
     TrackedBody,
     call,
     chunk,
+    from_upstream_status,
     http_scope,
     receive_disconnect_after,
     resolver_of,
@@ -64,17 +65,6 @@ def upstream_429() -> httpx.HTTPStatusError:
     except httpx.HTTPStatusError as exc:
         return exc
     raise AssertionError("raise_for_status() did not raise for a 429")  # pragma: no cover
-
-
-def from_upstream_status(exc: Exception) -> Response | None:
-    """An app's `early_error_handler`: forward an upstream's status and retry-after."""
-    if isinstance(exc, httpx.HTTPStatusError):
-        return JSONResponse(
-            {"error": {"message": "rate limited upstream", "type": "rate_limit", "code": 429}},
-            status_code=exc.response.status_code,
-            headers={"retry-after": exc.response.headers["retry-after"]},
-        )
-    return None  # pragma: no cover
 
 
 @SPECS
