@@ -16,6 +16,8 @@ import httpx
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope
 
+from header_first_stream._late import CURRENT
+
 
 def http_scope(
     method: str = "GET", path: str = "/", spec_version: str = "2.3", **extra: Any
@@ -280,3 +282,27 @@ def from_upstream_status(exc: Exception) -> Response | None:
             headers={"retry-after": exc.response.headers["retry-after"]},
         )
     return None  # pragma: no cover
+
+
+# The middleware's tests: an app's own messages, and what reached the client.
+
+START: Message = {"type": "http.response.start", "status": 200, "headers": [(b"x-own", b"1")]}
+
+
+def body(data: bytes, more: bool = False) -> Message:
+    """An ``http.response.body`` message as an app sends it (the last one by default)."""
+    return {"type": "http.response.body", "body": data, "more_body": more}
+
+
+def header_values(recorder: Recorder, name: bytes) -> list[bytes]:
+    """Every value of header ``name`` in the head the recorder saw."""
+    return [value for key, value in recorder.headers if key == name]
+
+
+def no_current_store() -> bool:
+    """Whether the context variable of `late_headers()` is unset here."""
+    try:
+        CURRENT.get()
+    except LookupError:
+        return True
+    return False
