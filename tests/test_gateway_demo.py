@@ -33,17 +33,9 @@ from examples.gateway.demo import (
     ratelimit_headers,
     run_probes,
 )
-from examples.gateway.upstream import (
-    OVERLOADED_MODEL,
-)
+from examples.gateway.upstream import OVERLOADED_MODEL
 
-from ._gateway import (
-    JSON,
-    REMAINING_REQUESTS,
-    TIMEOUT,
-    _headers,
-    _post,
-)
+from ._gateway import JSON, REMAINING_REQUESTS, TIMEOUT, _headers, _post
 
 REPO = Path(__file__).resolve().parent.parent
 

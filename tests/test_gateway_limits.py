@@ -18,9 +18,7 @@ from examples.gateway.demo import (
     run_probes,
 )
 from examples.gateway.limiter import KeyLimits, RateLimiter
-from examples.gateway.upstream import (
-    REPLY,
-)
+from examples.gateway.upstream import REPLY
 
 from ._gateway import (
     LIMIT_REQUESTS,

@@ -18,27 +18,11 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 from examples.gateway.app import MASTER_KEY
-from examples.gateway.demo import (
-    PROBES,
-    Running,
-    create_key,
-    ratelimit_headers,
-    running,
-    serve,
-)
-from examples.gateway.upstream import (
-    OVERLOADED_HEADERS,
-    OVERLOADED_MODEL,
-    create_upstream_app,
-)
+from examples.gateway.demo import PROBES, Running, create_key, ratelimit_headers, running, serve
+from examples.gateway.upstream import OVERLOADED_HEADERS, OVERLOADED_MODEL, create_upstream_app
 from header_first_stream import HeaderFirstStreamingResponse
 
-from ._gateway import (
-    JSON,
-    TIMEOUT,
-    _headers,
-    _post,
-)
+from ._gateway import JSON, TIMEOUT, _headers, _post
 
 # -- upstream errors ----------------------------------------------------------------------
 

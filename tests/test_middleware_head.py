@@ -10,18 +10,11 @@ import anyio
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import (
-    Response,
-    StreamingResponse,
-)
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from header_first_stream import (
-    HeaderFirstMiddleware,
-    LateHeaders,
-    late_headers,
-)
+from header_first_stream import HeaderFirstMiddleware, LateHeaders, late_headers
 from header_first_stream._late import SCOPE_KEY
 
 from ._asgi import (

@@ -11,18 +11,9 @@ import anyio
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from header_first_stream import (
-    HeaderFirstMiddleware,
-    late_headers,
-)
+from header_first_stream import HeaderFirstMiddleware, late_headers
 
-from ._asgi import (
-    START,
-    body,
-    call,
-    http_scope,
-    no_current_store,
-)
+from ._asgi import START, body, call, http_scope, no_current_store
 
 # --- the app-level resolver -----------------------------------------------------------------
 

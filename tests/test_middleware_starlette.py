@@ -24,16 +24,9 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
-from header_first_stream import (
-    HeaderFirstMiddleware,
-    late_headers,
-)
+from header_first_stream import HeaderFirstMiddleware, late_headers
 
-from ._asgi import (
-    call,
-    header_values,
-    http_scope,
-)
+from ._asgi import call, header_values, http_scope
 
 # --- Starlette response classes, ASGI level -------------------------------------------------
 

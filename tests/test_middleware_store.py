@@ -11,27 +11,14 @@ import anyio
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import (
-    Response,
-)
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from header_first_stream import (
-    HeaderFirstMiddleware,
-    HeaderFirstStreamingResponse,
-    late_headers,
-)
+from header_first_stream import HeaderFirstMiddleware, HeaderFirstStreamingResponse, late_headers
 from header_first_stream._late import SCOPE_KEY
 
-from ._asgi import (
-    START,
-    body,
-    call,
-    header_values,
-    http_scope,
-    no_current_store,
-)
+from ._asgi import START, body, call, header_values, http_scope, no_current_store
 
 # --- headers added too late -----------------------------------------------------------------
 

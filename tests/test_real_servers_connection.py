@@ -26,9 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from header_first_stream import HeaderFirstStreamingResponse
 
-from ._expect import (
-    WAIT,
-)
+from ._expect import WAIT
 from ._servers import (
     LATE_LINES,
     SERVERS,

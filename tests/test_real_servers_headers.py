@@ -24,9 +24,7 @@ from starlette.responses import Response
 
 from header_first_stream import HeaderFirstStreamingResponse
 
-from ._expect import (
-    WAIT,
-)
+from ._expect import WAIT
 from ._servers import (
     LATE_LINES,
     SERVERS,

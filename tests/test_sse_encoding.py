@@ -12,14 +12,8 @@ from sse_starlette.event import ensure_bytes
 
 from header_first_stream import HeaderFirstEventSourceResponse
 
-from ._asgi import (
-    call,
-    events,
-    http_scope,
-)
-from ._expect import (
-    SPECS,
-)
+from ._asgi import call, events, http_scope
+from ._expect import SPECS
 
 # --- encoding ----------------------------------------------------------------------------
 

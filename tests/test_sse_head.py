@@ -13,18 +13,8 @@ from starlette.background import BackgroundTask
 
 from header_first_stream import HeaderFirstEventSourceResponse, late_headers
 
-from ._asgi import (
-    Recorder,
-    call,
-    events,
-    http_scope,
-    websocket_scope,
-)
-from ._expect import (
-    SPECS,
-    SSE_HEADERS,
-    WAIT,
-)
+from ._asgi import Recorder, call, events, http_scope, websocket_scope
+from ._expect import SPECS, SSE_HEADERS, WAIT
 
 # --- the head: resolver, HEAD, websocket, background -------------------------------------
 

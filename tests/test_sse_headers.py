@@ -9,14 +9,8 @@ from sse_starlette import EventSourceResponse
 
 from header_first_stream import HeaderFirstEventSourceResponse
 
-from ._asgi import (
-    call,
-    events,
-    http_scope,
-)
-from ._expect import (
-    SSE_HEADERS,
-)
+from ._asgi import call, events, http_scope
+from ._expect import SSE_HEADERS
 
 # --- headers and options ---------------------------------------------------------------
 

@@ -22,17 +22,8 @@ from starlette.types import Message
 
 from header_first_stream import HeaderFirstEventSourceResponse
 
-from ._asgi import (
-    Recorder,
-    events,
-    http_scope,
-    receive_disconnect_after,
-    receive_nothing,
-)
-from ._expect import (
-    SPECS,
-    WAIT,
-)
+from ._asgi import Recorder, events, http_scope, receive_disconnect_after, receive_nothing
+from ._expect import SPECS, WAIT
 
 PING = b": ping\r\n\r\n"
 

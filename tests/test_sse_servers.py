@@ -23,12 +23,8 @@ from starlette.types import Receive, Scope, Send
 
 from header_first_stream import HeaderFirstEventSourceResponse, late_headers
 
-from ._asgi import (
-    from_upstream_status,
-)
-from ._expect import (
-    WAIT,
-)
+from ._asgi import from_upstream_status
+from ._expect import WAIT
 from ._servers import serve
 
 # --- real servers --------------------------------------------------------------------------
