@@ -267,6 +267,12 @@ def resolver_of(headers: Any) -> Any:
     return resolver
 
 
+async def words(*items: bytes) -> AsyncIterator[bytes]:
+    """An async generator of ``items``, as an app's byte stream."""
+    for item in items:
+        yield item
+
+
 async def events(*items: object) -> AsyncIterator[object]:
     """An async generator of ``items``, as an app's event source."""
     for item in items:

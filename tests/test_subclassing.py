@@ -7,7 +7,6 @@ Starlette's `StreamingResponse`; each hook below is exercised by a subclass.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -15,16 +14,20 @@ from starlette.types import Message, Receive, Send
 
 from header_first_stream import HeaderFirstStreamingResponse, late_headers
 
-from ._asgi import END, LOGGER, call, chunk, http_scope, receive_disconnect_after, sent, start
+from ._asgi import (
+    END,
+    LOGGER,
+    call,
+    chunk,
+    http_scope,
+    receive_disconnect_after,
+    sent,
+    start,
+    words,
+)
+from ._expect import SPECS
 
 pytestmark = pytest.mark.anyio
-
-SPECS = pytest.mark.parametrize("spec", ["2.3", "2.4"])
-
-
-async def words(*items: bytes) -> AsyncIterator[bytes]:
-    for item in items:
-        yield item
 
 
 class LengthPrefixed(HeaderFirstStreamingResponse):
