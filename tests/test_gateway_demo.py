@@ -165,6 +165,9 @@ def test_without_fix_an_upstream_429_on_a_stream_becomes_a_200_and_a_broken_stre
             response.read()
 
 
+# -- serving the gateway -------------------------------------------------------------------
+
+
 def test_the_gateway_says_how_to_serve_it_without_lifespan() -> None:
     with pytest.raises(RuntimeError, match="lifespan events on"):
         _ = Gateway("http://127.0.0.1:9").client

@@ -4,6 +4,8 @@ through the late headers, on real servers.
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import httpx
 import pytest
@@ -162,6 +164,28 @@ async def test_concurrent_streams_on_different_keys_never_see_each_others_number
         assert sorted(seen[key], key=lambda h: -int(h[REMAINING_REQUESTS])) == [
             _headers(rpm - n, tpm - n, rpm=rpm, tpm=tpm) for n in range(1, per_key + 1)
         ]
+
+
+# -- keys and requests the gateway refuses -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "auth", "body", "status", "message"),
+    [
+        ("/key/generate", "sk-wrong", {}, 401, "master key"),
+        ("/key/generate", MASTER_KEY, {"rpm_limit": 0}, 400, "'rpm_limit' must be a positive"),
+        ("/key/generate", MASTER_KEY, {"models": "test-chat"}, 400, "'models' must be a list"),
+        ("/v1/chat/completions", "sk-unknown", {"model": "test-chat"}, 401, "invalid or missing"),
+        ("/v1/chat/completions", MASTER_KEY, {"model": "gpt-x"}, 400, "unknown model 'gpt-x'"),
+    ],
+)
+def test_the_gateway_refuses_bad_keys_and_bodies_with_a_reason(
+    fixed: Running, path: str, auth: str, body: dict[str, Any], status: int, message: str
+) -> None:
+    response = _post(fixed.gateway_url + path, auth, body)
+
+    assert response.status_code == status
+    assert message in response.json()["error"]["message"]
 
 
 def test_a_key_may_only_use_its_models(fixed: Running) -> None:

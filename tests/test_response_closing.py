@@ -278,7 +278,7 @@ async def test_two_simultaneous_failures_are_raised_together() -> None:
     assert sent(recorder) == [start(200, []), chunk(b"a")]
 
 
-# --- background tasks and websocket denial ---------------------------------------------
+# --- background tasks ------------------------------------------------------------------
 
 
 @pytest.mark.anyio
