@@ -261,6 +261,8 @@ class LeavingClient(Recorder):
 
 
 def resolver_of(headers: Any) -> Any:
+    """A header resolver that returns ``headers``."""
+
     async def resolver(*first: object) -> Any:  # with or without peek_first_chunk
         return headers
 
