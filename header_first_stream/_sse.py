@@ -27,7 +27,7 @@ Invariants, enforced in `_send_body`, `_send_events`, `_wait_for_disconnect` and
    flight is waited for, never cancelled, unless the response fails).
 
 Differences from `sse_starlette.EventSourceResponse` (each pinned by a parity test in
-``tests/test_sse.py`` or ``tests/test_sse_dropin.py``):
+``tests/test_sse_*.py``):
 
 - The head waits for the header resolver, and ``peek_first_chunk`` turns an error before
   the first event into a real error response (see `HeaderFirstStreamingResponse`).

@@ -7,11 +7,16 @@ can show *when* a message went out.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
+import httpx
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope
+
+from header_first_stream._late import CURRENT
 
 
 def http_scope(
@@ -163,3 +168,149 @@ async def wait_until(condition: Callable[[], bool], seconds: float) -> None:
     with anyio.fail_after(seconds):
         while not condition():  # noqa: ASYNC110 - nothing to wait on but the condition
             await anyio.sleep(0.01)
+
+
+# Bodies, clients, resolvers and handlers shared by the tier-1 tests.
+
+
+async def tracked(events: list[str], *chunks: bytes | str) -> AsyncGenerator[bytes | str]:
+    """An async generator that records being entered and closed.
+
+    Its ``finally`` awaits before recording: closing must happen in a shielded scope
+    for "closed" to be recorded after a cancellation.
+    """
+    events.append("body entered")
+    try:
+        for item in chunks:
+            yield item
+    finally:
+        await anyio.lowlevel.checkpoint()
+        events.append("body closed")
+
+
+class TrackedBody:
+    """An async iterator (not a generator) that counts pulls and ``aclose()`` calls."""
+
+    def __init__(
+        self,
+        *chunks: bytes | str,
+        error: Exception | None = None,
+        close_error: Exception | None = None,
+        close_delay: float = 0.0,
+    ) -> None:
+        self.chunks = list(chunks)
+        self.error = error
+        self.close_error = close_error
+        self.close_delay = close_delay
+        self.pulls = 0
+        self.closes = 0
+
+    def __aiter__(self) -> TrackedBody:
+        return self
+
+    async def __anext__(self) -> bytes | str:
+        self.pulls += 1
+        if self.chunks:
+            return self.chunks.pop(0)
+        if self.error is not None:
+            raise self.error
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        self.closes += 1
+        if self.close_delay:
+            await anyio.sleep(self.close_delay)
+        if self.close_error is not None:
+            raise self.close_error
+
+
+class BlockingClient(Recorder):
+    """A client that stops reading: sends after the first ``accept`` block forever.
+
+    `stalled` is set once a send blocks; `disconnect_when_stalled` is a spec-2.3
+    ``receive`` whose client leaves then, so no test depends on the machine's speed.
+    """
+
+    def __init__(self, accept: int) -> None:
+        super().__init__()
+        self.accept = accept
+        self.stalled = anyio.Event()
+
+    async def __call__(self, message: Message) -> None:
+        if len(self.messages) >= self.accept:
+            self.stalled.set()
+            await anyio.sleep_forever()
+        await super().__call__(message)
+
+    async def disconnect_when_stalled(self) -> Message:
+        await self.stalled.wait()
+        return {"type": "http.disconnect"}
+
+
+class LeavingClient(Recorder):
+    """A spec-2.4 server whose client left after ``accept`` messages: send raises OSError."""
+
+    def __init__(self, accept: int) -> None:
+        super().__init__()
+        self.accept = accept
+
+    async def __call__(self, message: Message) -> None:
+        if len(self.messages) >= self.accept:
+            raise OSError("connection reset by peer")
+        await super().__call__(message)
+
+
+def resolver_of(headers: Any) -> Any:
+    """A header resolver that returns ``headers``."""
+
+    async def resolver(*first: object) -> Any:  # with or without peek_first_chunk
+        return headers
+
+    return resolver
+
+
+async def words(*items: bytes) -> AsyncIterator[bytes]:
+    """An async generator of ``items``, as an app's byte stream."""
+    for item in items:
+        yield item
+
+
+async def events(*items: object) -> AsyncIterator[object]:
+    """An async generator of ``items``, as an app's event source."""
+    for item in items:
+        yield item
+
+
+def from_upstream_status(exc: Exception) -> Response | None:
+    """An app's `early_error_handler`: forward an upstream's status and retry-after."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return JSONResponse(
+            {"error": {"message": "rate limited upstream", "type": "rate_limit", "code": 429}},
+            status_code=exc.response.status_code,
+            headers={"retry-after": exc.response.headers["retry-after"]},
+        )
+    return None  # pragma: no cover
+
+
+# The middleware's tests: an app's own messages, and what reached the client.
+
+START: Message = {"type": "http.response.start", "status": 200, "headers": [(b"x-own", b"1")]}
+
+
+def body(data: bytes, more: bool = False) -> Message:
+    """An ``http.response.body`` message as an app sends it (the last one by default)."""
+    return {"type": "http.response.body", "body": data, "more_body": more}
+
+
+def header_values(recorder: Recorder, name: bytes) -> list[bytes]:
+    """Every value of header ``name`` in the head the recorder saw."""
+    return [value for key, value in recorder.headers if key == name]
+
+
+def no_current_store() -> bool:
+    """Whether the context variable of `late_headers()` is unset here."""
+    try:
+        CURRENT.get()
+    except LookupError:
+        return True
+    return False

@@ -1,9 +1,37 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+
+from examples.gateway.demo import Running, running, serve
+from examples.gateway.upstream import create_upstream_app
 
 
 # Every async test runs on both anyio backends, named explicitly.
 @pytest.fixture(params=[pytest.param("asyncio", id="asyncio"), pytest.param("trio", id="trio")])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+# The gateway example on real servers (tests/test_gateway_*.py): one upstream and one
+# gateway with and without the fix, per test module.
+
+
+@pytest.fixture(scope="module")
+def upstream_url() -> Iterator[str]:
+    # A small pause between events, as a model streams, so that streams overlap.
+    with serve(create_upstream_app(chunk_delay=0.002)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def fixed(upstream_url: str) -> Iterator[Running]:
+    with running(fix=True, upstream_url=upstream_url) as servers:
+        yield servers
+
+
+@pytest.fixture(scope="module")
+def unfixed(upstream_url: str) -> Iterator[Running]:
+    with running(fix=False, upstream_url=upstream_url) as servers:
+        yield servers

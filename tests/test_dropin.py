@@ -43,15 +43,11 @@ from ._asgi import (
     receive_disconnect_after,
     sent,
     start,
+    words,
 )
 from ._servers import serve
 
 pytestmark = pytest.mark.anyio
-
-
-async def words(*items: bytes) -> AsyncIterator[bytes]:
-    for item in items:
-        yield item
 
 
 class Mutating:

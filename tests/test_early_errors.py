@@ -14,22 +14,29 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 import anyio
 import httpx
 import pytest
-from starlette.responses import JSONResponse, Response
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.types import Message
 
 from header_first_stream import HeaderFirstStreamingResponse, late_headers
 from header_first_stream._types import Chunk
 
-from ._asgi import Recorder, call, http_scope, receive_disconnect_after
+from ._asgi import (
+    END,
+    LOGGER,
+    Recorder,
+    TrackedBody,
+    call,
+    chunk,
+    from_upstream_status,
+    http_scope,
+    receive_disconnect_after,
+    resolver_of,
+    sent,
+    start,
+)
+from ._expect import DEFAULT_502, ERROR_500, SPECS, TEXT, logged, logged_exception, plain_error
 
 pytestmark = pytest.mark.anyio
-
-SPECS = pytest.mark.parametrize("spec", ["2.3", "2.4"])
-
-DEFAULT_502_BODY = (
-    b'{"error":{"message":"The upstream service failed before sending a response.",'
-    b'"type":"upstream_error","code":502}}'
-)
 
 
 class LoggingRecorder(Recorder):
@@ -58,17 +65,6 @@ def upstream_429() -> httpx.HTTPStatusError:
     except httpx.HTTPStatusError as exc:
         return exc
     raise AssertionError("raise_for_status() did not raise for a 429")  # pragma: no cover
-
-
-def from_upstream_status(exc: Exception) -> Response | None:
-    """An app's `early_error_handler`: forward an upstream's status and retry-after."""
-    if isinstance(exc, httpx.HTTPStatusError):
-        return JSONResponse(
-            {"error": {"message": "rate limited upstream", "type": "rate_limit", "code": 429}},
-            status_code=exc.response.status_code,
-            headers={"retry-after": exc.response.headers["retry-after"]},
-        )
-    return None  # pragma: no cover
 
 
 @SPECS
@@ -110,51 +106,6 @@ async def test_peek_pulls_the_first_chunk_before_the_head_and_the_resolver_sees_
 
 
 @SPECS
-async def test_an_iterator_failing_before_its_first_chunk_gives_the_default_502_with_late_headers(
-    spec: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    seen: list[Chunk | None] = []
-
-    async def body() -> AsyncIterator[bytes]:
-        raise RuntimeError("connection refused by 10.0.0.7:8443 (internal detail)")
-        yield b"never"  # pragma: no cover
-
-    async def resolver(first: Chunk | None) -> Mapping[str, str | int]:
-        seen.append(first)
-        return {"x-ratelimit-remaining-requests": 41}
-
-    scope = http_scope(spec_version=spec)
-    late_headers(scope).add("x-request-id", "req-1")
-    response = HeaderFirstStreamingResponse(
-        body(), media_type="text/event-stream", header_resolver=resolver, peek_first_chunk=True
-    )
-    with caplog.at_level(logging.ERROR, logger="header_first_stream"):
-        recorder = await call(response, scope)
-
-    assert seen == [None]
-    assert recorder.types == ["http.response.start", "http.response.body"]
-    assert recorder.status == 502
-    assert recorder.headers == [
-        (b"content-length", str(len(DEFAULT_502_BODY)).encode()),
-        (b"content-type", b"application/json"),
-        (b"x-request-id", b"req-1"),
-        (b"x-ratelimit-remaining-requests", b"41"),
-    ]
-    assert recorder.messages[-1][1] == {
-        "type": "http.response.body",
-        "body": DEFAULT_502_BODY,
-        "more_body": False,
-    }
-    assert b"10.0.0.7" not in recorder.body
-    assert [r.getMessage() for r in caplog.records] == [
-        "body iterator failed before its first chunk for /"
-    ]
-    exc_info = caplog.records[0].exc_info
-    assert exc_info is not None
-    assert isinstance(exc_info[1], RuntimeError)
-
-
-@SPECS
 async def test_an_early_error_handler_turns_an_upstream_429_into_a_429_with_retry_after(
     spec: str,
 ) -> None:
@@ -188,36 +139,6 @@ async def test_an_early_error_handler_turns_an_upstream_429_into_a_429_with_retr
     ]
     assert recorder.body == expected_body
     assert recorder.types == ["http.response.start", "http.response.body"]
-
-
-@SPECS
-async def test_an_empty_iterator_gives_the_head_with_resolved_headers_and_an_empty_body(
-    spec: str,
-) -> None:
-    seen: list[Chunk | None] = []
-
-    async def body() -> AsyncIterator[bytes]:
-        return
-        yield b"never"  # pragma: no cover
-
-    async def resolver(first: Chunk | None) -> Mapping[str, str]:
-        seen.append(first)
-        return {"x-cost": "0"}
-
-    response = HeaderFirstStreamingResponse(
-        body(), media_type="text/plain", header_resolver=resolver, peek_first_chunk=True
-    )
-    recorder = await call(response, http_scope(spec_version=spec))
-
-    assert seen == [None]
-    assert [m for _, m in recorder.messages] == [
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"x-cost", b"0")],
-        },
-        {"type": "http.response.body", "body": b"", "more_body": False},
-    ]
 
 
 @SPECS
@@ -284,3 +205,230 @@ async def test_the_peeked_first_chunk_is_sent_without_a_copy(spec: str) -> None:
     assert bodies[0] is first
     assert bodies[1] is second
     assert bodies[2] == b""
+
+
+# --- peek_first_chunk and early errors -------------------------------------------------
+
+
+@pytest.mark.anyio
+@SPECS
+async def test_peek_of_an_empty_body_sends_the_head_and_an_empty_body(spec: str) -> None:
+    seen: list[object] = []
+
+    async def resolver(first: bytes | str | memoryview | None) -> dict[str, str]:
+        seen.append(first)
+        return {"x-late": "1"}
+
+    body = TrackedBody()
+    response = HeaderFirstStreamingResponse(body, header_resolver=resolver, peek_first_chunk=True)
+    recorder = await call(response, http_scope(spec_version=spec))
+    assert sent(recorder) == [start(200, [(b"x-late", b"1")]), END]
+    assert seen == [None]
+    assert (body.pulls, body.closes) == (1, 1)
+
+
+@pytest.mark.anyio
+@SPECS
+async def test_exception_before_the_first_chunk_gives_the_default_502_with_late_headers(
+    spec: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    scope = http_scope(path="/v1/messages", spec_version=spec)
+    late_headers(scope).add("x-request-id", "req-1")
+    error = ConnectionError("upstream refused: token sk-secret")
+    seen: list[object] = []
+
+    async def resolver(first: bytes | str | memoryview | None) -> dict[str, str | int]:
+        seen.append(first)
+        return {"x-ratelimit-remaining-requests": 0}
+
+    body = TrackedBody(error=error)
+    response = HeaderFirstStreamingResponse(
+        body,
+        media_type="text/event-stream",
+        headers={"x-own": "1"},
+        header_resolver=resolver,
+        peek_first_chunk=True,
+    )
+    recorder = await call(response, scope)
+
+    assert sent(recorder) == [
+        start(
+            502,
+            [
+                (b"content-length", str(len(DEFAULT_502)).encode()),
+                (b"content-type", b"application/json"),
+                (b"x-request-id", b"req-1"),
+                (b"x-ratelimit-remaining-requests", b"0"),
+            ],
+        ),
+        chunk(DEFAULT_502, more=False),
+    ]
+    assert seen == [None]
+    message = "body iterator failed before its first chunk for /v1/messages"
+    assert logged(caplog) == [("ERROR", message)]
+    assert logged_exception(caplog, message) is error
+    assert (body.pulls, body.closes) == (1, 1)
+
+
+class RateLimited(Exception):
+    pass
+
+
+@pytest.mark.anyio
+@SPECS
+async def test_early_error_handler_response_keeps_its_headers_and_gets_late_ones(
+    spec: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    error = RateLimited("429 from upstream")
+    handled: list[Exception] = []
+
+    def handler(exc: Exception) -> Response | None:
+        handled.append(exc)
+        return PlainTextResponse("slow down", status_code=429, headers={"Retry-After": "3"})
+
+    response = HeaderFirstStreamingResponse(
+        TrackedBody(error=error),
+        header_resolver=resolver_of({"x-ratelimit-remaining-requests": 0, "retry-after": "5"}),
+        peek_first_chunk=True,
+        early_error_handler=handler,
+    )
+    recorder = await call(response, http_scope(path="/p", spec_version=spec))
+
+    assert sent(recorder) == [
+        start(
+            429,
+            [
+                (b"content-length", b"9"),
+                TEXT,
+                (b"x-ratelimit-remaining-requests", b"0"),
+                (b"retry-after", b"5"),
+            ],
+        ),
+        chunk(b"slow down", more=False),
+    ]
+    assert handled == [error]
+    assert logged(caplog) == [
+        ("INFO", "body iterator failed before its first chunk for /p: answered 429")
+    ]
+
+
+@pytest.mark.anyio
+async def test_early_error_handler_returning_none_gives_the_default_502() -> None:
+    response = HeaderFirstStreamingResponse(
+        TrackedBody(error=RuntimeError("x")),
+        peek_first_chunk=True,
+        early_error_handler=lambda exc: None,
+    )
+    recorder = await call(response)
+    assert recorder.status == 502
+    assert recorder.body == DEFAULT_502
+
+
+@pytest.mark.anyio
+async def test_early_error_handler_that_raises_gives_the_default_502_and_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    handler_error = KeyError("no mapping")
+
+    def handler(exc: Exception) -> Response | None:
+        raise handler_error
+
+    response = HeaderFirstStreamingResponse(
+        TrackedBody(error=RuntimeError("upstream")),
+        header_resolver=resolver_of({"x-late": "1"}),
+        peek_first_chunk=True,
+        early_error_handler=handler,
+    )
+    recorder = await call(response, http_scope(path="/p"))
+    assert recorder.status == 502
+    assert recorder.headers[-1] == (b"x-late", b"1")
+    assert recorder.body == DEFAULT_502
+    assert logged_exception(caplog, "early_error_handler failed for /p") is handler_error
+    assert [level for level, _ in logged(caplog)] == ["ERROR", "ERROR"]
+
+
+@pytest.mark.anyio
+async def test_early_error_handler_response_with_an_invalid_header_gives_the_default(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    response = HeaderFirstStreamingResponse(
+        TrackedBody(error=RuntimeError("upstream")),
+        peek_first_chunk=True,
+        early_error_handler=lambda exc: Response("x", 429, headers={"x-bad": "a\r\nb"}),
+    )
+    recorder = await call(response, http_scope(path="/p"))
+    assert sent(recorder) == [
+        start(
+            502,
+            [
+                (b"content-length", str(len(DEFAULT_502)).encode()),
+                (b"content-type", b"application/json"),
+            ],
+        ),
+        chunk(DEFAULT_502, more=False),
+    ]
+    error = logged_exception(caplog, "invalid header in the early error response for /p")
+    assert "for 'x-bad': contains '\\r'" in str(error)
+
+
+@pytest.mark.anyio
+async def test_error_responses_keep_their_own_content_type_over_a_late_one() -> None:
+    async def failing() -> dict[str, str]:
+        raise RuntimeError("limiter down")
+
+    scope = http_scope()
+    late_headers(scope).add("content-type", "text/event-stream")
+    late_headers(scope).add("x-request-id", "req-1")
+    recorder = await call(
+        HeaderFirstStreamingResponse(TrackedBody(), header_resolver=failing), scope
+    )
+    assert sent(recorder) == plain_error(500, ERROR_500, (b"x-request-id", b"req-1"))
+
+    early = HeaderFirstStreamingResponse(
+        TrackedBody(error=RuntimeError("upstream")),
+        header_resolver=resolver_of({"content-type": "text/event-stream", "x-late": "1"}),
+        peek_first_chunk=True,
+    )
+    recorder = await call(early)
+    assert recorder.headers == [
+        (b"content-length", str(len(DEFAULT_502)).encode()),
+        (b"content-type", b"application/json"),
+        (b"x-late", b"1"),
+    ]
+
+
+@pytest.mark.anyio
+async def test_resolver_failure_wins_over_an_early_error() -> None:
+    async def resolver(first: bytes | str | memoryview | None) -> dict[str, str]:
+        raise RuntimeError("limiter down")
+
+    response = HeaderFirstStreamingResponse(
+        TrackedBody(error=RuntimeError("upstream")),
+        header_resolver=resolver,
+        peek_first_chunk=True,
+    )
+    recorder = await call(response)
+    assert sent(recorder) == plain_error(500, ERROR_500)
+
+
+@pytest.mark.anyio
+async def test_early_error_handler_response_without_a_body_gives_the_default(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    response = HeaderFirstStreamingResponse(
+        TrackedBody(error=RuntimeError("upstream")),
+        peek_first_chunk=True,
+        early_error_handler=lambda exc: StreamingResponse(iter([b"never sent"]), 429),
+    )
+    recorder = await call(response, http_scope(path="/p"))
+    assert recorder.status == 502
+    assert recorder.body == DEFAULT_502
+    assert (
+        "early_error_handler returned StreamingResponse for /p, which has no body; answered 502"
+        in caplog.text
+    )

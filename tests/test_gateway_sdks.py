@@ -22,7 +22,8 @@ from examples.gateway.upstream import (
     REPLY,
 )
 
-TIMEOUT = 10.0
+from ._gateway import TIMEOUT
+
 HELLO: list[anthropic.types.MessageParam] = [{"role": "user", "content": "hello"}]
 
 FIRST_REQUEST_HEADERS = dict(zip(HEADER_NAMES, ["5999", "6000", "99999", "100000"], strict=True))

@@ -23,11 +23,10 @@ from starlette.types import Receive, Scope, Send
 
 from header_first_stream import HeaderFirstStreamingResponse, late_headers
 
-from ._servers import serve
-from .test_real_servers import (
+from ._expect import WAIT
+from ._servers import (
     ERROR_LINES,
     LATE_LINES,
-    WAIT,
     EndlessBody,
     EndlessStream,
     Wire,
@@ -37,6 +36,7 @@ from .test_real_servers import (
     _no_errors_logged,
     _recording,
     _route,
+    serve,
 )
 
 SERVER = "granian"

@@ -15,9 +15,7 @@ from header_first_stream import HeaderFirstStreamingResponse, HeaderValidationEr
 from header_first_stream import late_headers as late_headers_of
 from header_first_stream._late import CURRENT, SCOPE_KEY, take_late_headers
 
-from ._asgi import Recorder, call, http_scope
-
-LOGGER = "header_first_stream"
+from ._asgi import LOGGER, Recorder, call, http_scope
 
 
 def test_store_is_found_from_a_request_and_from_its_scope() -> None:

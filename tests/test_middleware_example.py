@@ -15,9 +15,9 @@ import pytest
 
 from examples.middleware_app import HEADER_PREFIX, create_app
 
+from ._gateway import TIMEOUT
 from ._servers import SERVERS, serve
 
-TIMEOUT = 10.0
 HELLO = [{"role": "user", "content": "hello"}]
 NAMES = [
     f"{HEADER_PREFIX}remaining-requests",

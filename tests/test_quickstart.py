@@ -15,6 +15,7 @@ from types import ModuleType
 import httpx
 import pytest
 
+from ._expect import WAIT
 from ._servers import SERVERS, serve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +24,6 @@ START_MARKER = "# --- quickstart start ---"
 END_MARKER = "# --- quickstart end ---"
 
 STARTUP_TIMEOUT = 15.0
-WAIT = 5.0
 
 CHAT_BODY = b"data: Hello\n\ndata: from\n\ndata: a\n\ndata: stream\n\n"
 

@@ -19,14 +19,9 @@ from starlette.types import Message
 
 from header_first_stream import HeaderFirstEventSourceResponse
 
-from ._asgi import END, LOGGER, call, http_scope, receive_disconnect_after, sent
+from ._asgi import END, LOGGER, call, events, http_scope, receive_disconnect_after, sent
 
 pytestmark = pytest.mark.anyio
-
-
-async def events(*items: str) -> AsyncIterator[str]:
-    for item in items:
-        yield item
 
 
 def test_the_signature_is_sse_starlettes_then_the_header_first_options() -> None:

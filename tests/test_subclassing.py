@@ -7,7 +7,6 @@ Starlette's `StreamingResponse`; each hook below is exercised by a subclass.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -25,16 +24,11 @@ from ._asgi import (
     sent,
     start,
     websocket_scope,
+    words,
 )
+from ._expect import SPECS
 
 pytestmark = pytest.mark.anyio
-
-SPECS = pytest.mark.parametrize("spec", ["2.3", "2.4"])
-
-
-async def words(*items: bytes) -> AsyncIterator[bytes]:
-    for item in items:
-        yield item
 
 
 class LengthPrefixed(HeaderFirstStreamingResponse):
