@@ -529,9 +529,6 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             scope.get("path", ""),
             self.max_header_value_size,
             self.max_head_size,
-            # It runs in the request's own task, where a native asyncio cancellation
-            # (a timeout middleware, the server) can land.
-            native_cancel=True,
         )
 
     def _early_error(self, scope: Scope, exc: Exception, late: RawHeaders) -> _Prepared:

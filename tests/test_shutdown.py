@@ -288,3 +288,33 @@ async def test_a_final_send_that_stalls_through_a_shutdown_is_cut_after_the_grac
     with anyio.fail_after(2):
         await response(http_scope(), receive_nothing(), stalls_on_the_end)
     assert response._closed
+
+
+async def test_a_stream_that_starts_after_the_exit_was_noticed_is_cut_off_at_once() -> None:
+    first: list[str] = []
+    await run_until_shutdown(
+        HeaderFirstStreamingResponse(endless(first), end_on_shutdown=True), begin_shutdown, within=1
+    )
+    late: list[str] = []
+    response = HeaderFirstStreamingResponse(endless(late), end_on_shutdown=True)
+    with anyio.fail_after(1):
+        await response(http_scope(), receive_nothing(), Recorder())
+    assert (first, late) == (["finally"], ["finally"])
+
+
+async def test_sse_starlettes_exit_hook_itself_returns_when_the_server_exits() -> None:
+    response = HeaderFirstEventSourceResponse(endless([]), ping=0)
+    returned: list[float] = []
+
+    async def wait() -> None:
+        await response._listen_for_exit_signal()
+        returned.append(anyio.current_time())
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(wait)
+        await anyio.sleep(0.05)
+        assert returned == []
+        began = anyio.current_time()
+        begin_shutdown()
+        await wait_until(lambda: bool(returned), POLL_INTERVAL + 0.5)
+    assert returned[0] - began <= POLL_INTERVAL + 0.1
