@@ -17,15 +17,19 @@ from header_first_stream import install_middleware
 
 
 async def rate_limit_headers(scope: Any) -> dict[str, int]:
-    """The limiter's ``x-ratelimit-*`` headers for this request, as its non-stream path sends them."""
+    """The ``x-ratelimit-*`` headers LiteLLM's limiter computed for the current request."""
     stash = get_request_stash()
     limits = stash.rate_limit_response if stash is not None else None
     return {
         f"x-ratelimit-{status['descriptor_key']}-{kind}-{status['rate_limit_type']}": value
         for status in (limits["statuses"] if limits is not None else ())
-        for kind, value in (("remaining", status["limit_remaining"]), ("limit", status["current_limit"]))
+        for kind, value in (
+            ("remaining", status["limit_remaining"]),
+            ("limit", status["current_limit"]),
+        )
     }
 
 
 install_middleware(app, resolver=rate_limit_headers)
-proxy_handler_instance = CustomLogger()  # what config.yaml names: importing this module did the work
+# What config.yaml names. It does nothing itself: importing this module did the work.
+proxy_handler_instance = CustomLogger()

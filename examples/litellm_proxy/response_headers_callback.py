@@ -17,13 +17,16 @@ class RateLimitHeaders(CustomLogger):  # type: ignore[misc]  # LiteLLM ships no 
     async def async_post_call_response_headers_hook(
         self, data: Any, user_api_key_dict: Any, response: Any, request_headers: Any = None
     ) -> dict[str, str]:
-        """The limiter's ``x-ratelimit-*`` headers for this request, as its non-stream path sends them."""
+        """The ``x-ratelimit-*`` headers LiteLLM's limiter computed for this request."""
         stash = get_request_stash()
         limits = stash.rate_limit_response if stash is not None else None
         return {
             f"x-ratelimit-{status['descriptor_key']}-{kind}-{status['rate_limit_type']}": str(value)
             for status in (limits["statuses"] if limits is not None else ())
-            for kind, value in (("remaining", status["limit_remaining"]), ("limit", status["current_limit"]))
+            for kind, value in (
+                ("remaining", status["limit_remaining"]),
+                ("limit", status["current_limit"]),
+            )
         }
 
 

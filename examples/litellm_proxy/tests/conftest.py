@@ -128,7 +128,8 @@ def litellm_proxy(directory: Path, upstream_url: str, callback: str | None) -> I
                 raise RuntimeError(f"the LiteLLM proxy exited during start-up:\n{_tail(directory)}")
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"the LiteLLM proxy did not answer within {STARTUP_TIMEOUT}s:\n{_tail(directory)}"
+                    f"the LiteLLM proxy did not answer within {STARTUP_TIMEOUT}s:\n"
+                    + _tail(directory)
                 )
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(f"{url}/health/liveliness", timeout=2.0).status_code == 200:

@@ -95,7 +95,9 @@ def expected_rate_limit_headers(request_number: int) -> dict[str, str]:
     return {
         "x-ratelimit-api_key-remaining-requests": str(RPM_LIMIT - request_number),
         "x-ratelimit-api_key-limit-requests": str(RPM_LIMIT),
-        "x-ratelimit-api_key-remaining-tokens": str(TPM_LIMIT - TOKENS_PER_REQUEST * request_number),
+        "x-ratelimit-api_key-remaining-tokens": str(
+            TPM_LIMIT - TOKENS_PER_REQUEST * request_number
+        ),
         "x-ratelimit-api_key-limit-tokens": str(TPM_LIMIT),
     }
 
