@@ -1,8 +1,9 @@
 """The example's callbacks in a real LiteLLM proxy: rate-limit headers on every response shape.
 
-Three proxies, one after the other, each fresh (LiteLLM keeps its counters in memory):
-LiteLLM alone, LiteLLM with ``header_first_callback.py`` (this library), and LiteLLM with
-``response_headers_callback.py`` (LiteLLM's own ``async_post_call_response_headers_hook``).
+Four proxies, one after the other, each fresh (LiteLLM keeps its counters in memory):
+LiteLLM alone, LiteLLM with ``header_first_callback.py`` (this library), with
+``response_headers_callback.py`` (LiteLLM's own ``async_post_call_response_headers_hook``)
+and with ``first_chunk_callback.py`` (a header from the stream's first chunk).
 Each gets the same requests: every shape of ``/v1/chat/completions``, ``/v1/messages`` and
 ``/v1/responses``, streaming and not, `REQUESTS_PER_KEY` times each, each shape with its own
 key so that its counts start from the limits.
@@ -45,7 +46,9 @@ VARIANTS = {
     "litellm-alone": None,
     "header-first": "header_first_callback.py",
     "litellm-hook": "response_headers_callback.py",
+    "first-chunk": "first_chunk_callback.py",
 }
+FIXES = ["header-first", "litellm-hook"]
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,7 @@ def test_litellm_alone_drops_rate_limit_headers_on_streams(runs: Runs, shape: st
         assert rate_limit_headers(exchange) == {}
 
 
-@pytest.mark.parametrize("variant", ["header-first", "litellm-hook"])
+@pytest.mark.parametrize("variant", FIXES)
 @pytest.mark.parametrize("shape", NON_STREAMS + STREAMS)
 def test_callback_sends_the_rate_limit_headers_on_every_shape(
     runs: Runs, variant: str, shape: str
@@ -159,7 +162,7 @@ def test_callback_sends_the_rate_limit_headers_on_every_shape(
         }, (variant, shape, number)
 
 
-@pytest.mark.parametrize("variant", ["header-first", "litellm-hook"])
+@pytest.mark.parametrize("variant", [*FIXES, "first-chunk"])
 @pytest.mark.parametrize("shape", NON_STREAMS + STREAMS)
 def test_callback_leaves_the_body_as_litellm_sends_it(runs: Runs, variant: str, shape: str) -> None:
     for fixed, alone in zip(runs[variant][shape], runs["litellm-alone"][shape], strict=True):
@@ -167,17 +170,36 @@ def test_callback_leaves_the_body_as_litellm_sends_it(runs: Runs, variant: str, 
         assert fixed.body != b""
 
 
-@pytest.mark.parametrize("variant", ["header-first", "litellm-hook"])
+@pytest.mark.parametrize("variant", [*FIXES, "first-chunk"])
 @pytest.mark.parametrize("shape", NON_STREAMS + STREAMS)
 def test_callback_leaves_litellm_own_headers_alone(runs: Runs, variant: str, shape: str) -> None:
     # Every header LiteLLM sends without a callback is still there, once, in LiteLLM's
     # order; only values that name the request or time it differ between the runs.
     for fixed, alone in zip(runs[variant][shape], runs["litellm-alone"][shape], strict=True):
-        own = [name for name in alone.headers if not name.startswith("x-ratelimit-")]
-        assert [name for name in fixed.headers if not name.startswith("x-ratelimit-")] == own
+        own = [name for name in alone.headers if not _ADDED_HEADER.match(name)]
+        assert [name for name in fixed.headers if not _ADDED_HEADER.match(name)] == own
         for name in own:
             if not _VOLATILE_HEADER.search(name):
                 assert fixed.headers.get_list(name) == alone.headers.get_list(name), name
 
 
 _VOLATILE_HEADER = re.compile(r"date|duration|call-id")
+_ADDED_HEADER = re.compile(r"x-ratelimit-|x-first-chunk-ms$")
+
+
+@pytest.mark.parametrize("shape", STREAMS)
+def test_a_header_from_the_first_chunk_reaches_the_head_of_every_stream(
+    runs: Runs, shape: str
+) -> None:
+    for exchange in runs["first-chunk"][shape]:
+        (value,) = exchange.headers.get_list("x-first-chunk-ms")
+        assert value.isdigit(), value
+        assert int(value) < 30_000  # the client's timeout: a real duration, in ms
+        # That callback adds nothing else: the rate-limit headers are still missing.
+        assert rate_limit_headers(exchange) == {}
+
+
+@pytest.mark.parametrize("shape", NON_STREAMS)
+def test_no_first_chunk_header_without_a_stream(runs: Runs, shape: str) -> None:
+    for exchange in runs["first-chunk"][shape]:
+        assert "x-first-chunk-ms" not in exchange.headers
