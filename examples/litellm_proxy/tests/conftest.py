@@ -7,13 +7,17 @@ Each proxy gets a fresh config in a temporary directory: the mock upstream's mod
 (`examples.gateway.upstream`), the DB-free `custom_auth` of this directory, and the
 example's ``callbacks:`` line with the callback file copied next to it, as an operator
 would lay them out. LiteLLM is kept off the network: the model cost map and every other
-file it could download are read from the package (``LITELLM_LOCAL_*``).
+file it could download are read from the package (``LITELLM_LOCAL_*``). Each proxy runs
+under ``strace``, which records every ``connect()`` of the proxy and its children (a
+seccomp filter: the other system calls run untraced), so that a test can check that
+LiteLLM connected to nothing but 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -106,12 +110,21 @@ def write_config(directory: Path, upstream_url: str, callback: str | None) -> Pa
 
 @contextlib.contextmanager
 def litellm_proxy(directory: Path, upstream_url: str, callback: str | None) -> Iterator[str]:
-    """Start ``litellm --config`` on a free port of 127.0.0.1; yield its base URL."""
+    """Start ``litellm --config`` on a free port of 127.0.0.1; yield its base URL.
+
+    The proxy's ``connect()`` calls are written to ``connect.log`` in ``directory``
+    (`connections` reads them).
+    """
+    strace = shutil.which("strace")
+    if strace is None:
+        raise RuntimeError("strace is missing: scripts/test-litellm installs it (apt-get)")
     config = write_config(directory, upstream_url, callback)
     port = _free_port()
     log = (directory / "proxy.log").open("wb")
     process = subprocess.Popen(
         [
+            *(strace, "-f", "-qq", "--seccomp-bpf", "-e", "trace=connect"),
+            *("-o", str(directory / "connect.log")),
             str(Path(sys.executable).with_name("litellm")),
             *("--config", str(config), "--host", "127.0.0.1", "--port", str(port)),
         ],
@@ -144,6 +157,30 @@ def litellm_proxy(directory: Path, upstream_url: str, callback: str | None) -> I
             process.kill()
             process.wait(SHUTDOWN_TIMEOUT)
         log.close()
+
+
+_FAMILY = re.compile(r"connect\(\d+, \{sa_family=(\w+)")
+_PORT = re.compile(r"sin6?_port=htons\((\d+)\)")
+_ADDRESS = re.compile(r'inet_addr\("([^"]+)"\)|inet_pton\(AF_INET6, "([^"]+)"')
+
+
+def connections(directory: Path) -> list[tuple[str, str | None, int | None]]:
+    """Every ``connect()`` of a proxy started in ``directory``: (family, address, port)."""
+    found: list[tuple[str, str | None, int | None]] = []
+    for line in (directory / "connect.log").read_text().splitlines():
+        family = _FAMILY.search(line)
+        if family is None:
+            continue  # not a connect() line: a signal, an exit status
+        port = _PORT.search(line)
+        address = _ADDRESS.search(line)
+        found.append(
+            (
+                family[1],
+                (address[1] or address[2]) if address else None,
+                int(port[1]) if port else None,
+            )
+        )
+    return found
 
 
 def _tail(directory: Path) -> str:

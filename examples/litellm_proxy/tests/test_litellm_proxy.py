@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import MASTER_KEY, litellm_proxy
+from .conftest import MASTER_KEY, connections, litellm_proxy
 from .custom_auth import RPM_LIMIT, TPM_LIMIT
 
 REQUESTS_PER_KEY = 3
@@ -59,6 +59,7 @@ class Exchange:
 
 
 Runs = dict[str, dict[str, list[Exchange]]]  # variant -> shape -> one exchange per request
+Connections = dict[str, list[tuple[str, str | None, int | None]]]  # variant -> connect() calls
 
 
 def _exchanges(url: str) -> dict[str, list[Exchange]]:
@@ -80,8 +81,11 @@ def _exchanges(url: str) -> dict[str, list[Exchange]]:
 
 
 @pytest.fixture(scope="module")
-def runs(upstream_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
+def proxies(
+    upstream_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Runs, Connections]]:
     collected: Runs = {}
+    connected: Connections = {}
     for variant, callback in VARIANTS.items():
         directory = tmp_path_factory.mktemp(variant)
         with litellm_proxy(directory, upstream_url, callback) as url:
@@ -90,7 +94,13 @@ def runs(upstream_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 f"{url}/v1/models", headers={"authorization": f"Bearer {MASTER_KEY}"}
             ).is_success
             collected[variant] = _exchanges(url)
-    yield collected
+        connected[variant] = connections(directory)
+    yield collected, connected
+
+
+@pytest.fixture(scope="module")
+def runs(proxies: tuple[Runs, Connections]) -> Runs:
+    return proxies[0]
 
 
 def expected_rate_limit_headers(request_number: int) -> dict[str, str]:
@@ -203,3 +213,21 @@ def test_a_header_from_the_first_chunk_reaches_the_head_of_every_stream(
 def test_no_first_chunk_header_without_a_stream(runs: Runs, shape: str) -> None:
     for exchange in runs["first-chunk"][shape]:
         assert "x-first-chunk-ms" not in exchange.headers
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_litellm_connects_to_nothing_but_this_machine(
+    proxies: tuple[Runs, Connections], upstream_url: str, variant: str
+) -> None:
+    calls = proxies[1][variant]
+    upstream_port = httpx.URL(upstream_url).port
+    # The proxy did reach the mock upstream, so the trace saw its connections...
+    assert ("AF_INET", "127.0.0.1", upstream_port) in calls
+    for family, address, port in calls:
+        # ... and nothing else left the machine: no provider, no download, no telemetry,
+        # not even a DNS query (which a local resolver would answer on port 53).
+        if family in ("AF_INET", "AF_INET6"):
+            assert address in ("127.0.0.1", "::1"), (family, address, port)
+            assert port != 53, (family, address, port)
+        else:
+            assert family in ("AF_UNIX", "AF_NETLINK", "AF_UNSPEC"), (family, address, port)
