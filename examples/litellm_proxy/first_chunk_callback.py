@@ -4,7 +4,16 @@
 first chunk. LiteLLM's own ``async_post_call_response_headers_hook`` runs before that
 chunk exists; this hook sees each chunk before the client does, and with
 `HeaderFirstMiddleware` installed the header still goes out in the response head. Name it
-in ``config.yaml`` (``callbacks: first_chunk_callback.proxy_handler_instance``).
+in ``config.yaml`` beside ``header_first_callback.py``, which installs the middleware::
+
+    litellm_settings:
+      callbacks:
+        - header_first_callback.proxy_handler_instance
+        - first_chunk_callback.proxy_handler_instance
+
+(This file does not install the middleware itself: of two `install_middleware` calls only
+the first takes effect, so if LiteLLM imported this file first, the rate-limit resolver of
+header_first_callback.py would be left out.)
 
 Overriding the iterator hook takes LiteLLM off its pass-through fast path: one more async
 generator step per chunk.
@@ -15,11 +24,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from litellm.integrations.custom_logger import CustomLogger
-from litellm.proxy.proxy_server import app
 
-from header_first_stream import add_late_headers, install_middleware
-
-install_middleware(app)
+from header_first_stream import add_late_headers
 
 
 class FirstChunkHeaders(CustomLogger):  # type: ignore[misc]  # LiteLLM ships no type information

@@ -5,7 +5,7 @@ Run by ``scripts/test-litellm`` in ``.venv-litellm`` (LiteLLM pinned in the
 
 Each proxy gets a fresh config in a temporary directory: the mock upstream's models
 (`examples.gateway.upstream`), the DB-free `custom_auth` of this directory, and the
-example's ``callbacks:`` line with the callback file copied next to it, as an operator
+example's ``callbacks:`` entry with the callback files copied next to it, as an operator
 would lay them out. LiteLLM is kept off the network: the model cost map and every other
 file it could download are read from the package (``LITELLM_LOCAL_*``). Each proxy runs
 under ``strace``, which records every ``connect()`` of the proxy and its children (a
@@ -63,11 +63,11 @@ def _free_port() -> int:
         return port
 
 
-def write_config(directory: Path, upstream_url: str, callback: str | None) -> Path:
-    """Lay out a proxy directory: config.yaml, custom_auth.py and the callback file.
+def write_config(directory: Path, upstream_url: str, callbacks: tuple[str, ...]) -> Path:
+    """Lay out a proxy directory: config.yaml, custom_auth.py and the callback files.
 
-    ``callback`` is the file name of one of the example's callbacks, or ``None`` for a
-    proxy without any (LiteLLM as it is).
+    ``callbacks`` are file names of the example's callbacks, none for a proxy without any
+    (LiteLLM as it is).
     """
     shutil.copy(Path(__file__).with_name("custom_auth.py"), directory / "custom_auth.py")
     config: dict[str, Any] = {
@@ -94,14 +94,18 @@ def write_config(directory: Path, upstream_url: str, callback: str | None) -> Pa
             "custom_auth": "custom_auth.user_api_key_auth",
         },
     }
-    if callback is not None:
-        shutil.copy(EXAMPLE / callback, directory / callback)
-        example = yaml.safe_load((EXAMPLE / "config.yaml").read_text())
-        callbacks = example["litellm_settings"]["callbacks"]
-        # The example's config names header_first_callback.py; the same line, for the
+    if callbacks:
+        # The example's config names header_first_callback.py; the same entry, for each
         # callback under test.
+        example = yaml.safe_load((EXAMPLE / "config.yaml").read_text())
+        entry = example["litellm_settings"]["callbacks"]
+        for callback in callbacks:
+            shutil.copy(EXAMPLE / callback, directory / callback)
         config["litellm_settings"] = {
-            "callbacks": callbacks.replace("header_first_callback", Path(callback).stem)
+            "callbacks": [
+                entry.replace("header_first_callback", Path(callback).stem)
+                for callback in callbacks
+            ]
         }
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -109,7 +113,7 @@ def write_config(directory: Path, upstream_url: str, callback: str | None) -> Pa
 
 
 @contextlib.contextmanager
-def litellm_proxy(directory: Path, upstream_url: str, callback: str | None) -> Iterator[str]:
+def litellm_proxy(directory: Path, upstream_url: str, callbacks: tuple[str, ...]) -> Iterator[str]:
     """Start ``litellm --config`` on a free port of 127.0.0.1; yield its base URL.
 
     The proxy's ``connect()`` calls are written to ``connect.log`` in ``directory``
@@ -118,7 +122,7 @@ def litellm_proxy(directory: Path, upstream_url: str, callback: str | None) -> I
     strace = shutil.which("strace")
     if strace is None:
         raise RuntimeError("strace is missing: scripts/test-litellm installs it (apt-get)")
-    config = write_config(directory, upstream_url, callback)
+    config = write_config(directory, upstream_url, callbacks)
     port = _free_port()
     log = (directory / "proxy.log").open("wb")
     process = subprocess.Popen(
