@@ -1,9 +1,10 @@
 """The example's callbacks in a real LiteLLM proxy: rate-limit headers on every response shape.
 
-Four proxies, one after the other, each fresh (LiteLLM keeps its counters in memory):
+Five proxies, one after the other, each fresh (LiteLLM keeps its counters in memory):
 LiteLLM alone, LiteLLM with ``header_first_callback.py`` (this library), with
 ``response_headers_callback.py`` (LiteLLM's own ``async_post_call_response_headers_hook``)
-and with ``first_chunk_callback.py`` too (a header from the stream's first chunk).
+with ``first_chunk_callback.py`` too (a header from the stream's first chunk), and with
+``first_chunk_callback.py`` alone (no middleware: its header cannot be sent).
 Each gets the same requests: every shape of ``/v1/chat/completions``, ``/v1/messages`` and
 ``/v1/responses``, streaming and not, `REQUESTS_PER_KEY` times each, each shape with its own
 key so that its counts start from the limits.
@@ -47,6 +48,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "header-first": ("header_first_callback.py",),
     "litellm-hook": ("response_headers_callback.py",),
     "first-chunk": ("header_first_callback.py", "first_chunk_callback.py"),
+    # A hook author's callback in a proxy whose operator did not install the middleware.
+    "first-chunk-alone": ("first_chunk_callback.py",),
 }
 FIXES = ["header-first", "litellm-hook", "first-chunk"]
 
@@ -60,6 +63,7 @@ class Exchange:
 
 Runs = dict[str, dict[str, list[Exchange]]]  # variant -> shape -> one exchange per request
 Connections = dict[str, list[tuple[str, str | None, int | None]]]  # variant -> connect() calls
+Logs = dict[str, str]  # variant -> the proxy's output
 
 
 def _exchanges(url: str) -> dict[str, list[Exchange]]:
@@ -83,9 +87,10 @@ def _exchanges(url: str) -> dict[str, list[Exchange]]:
 @pytest.fixture(scope="module")
 def proxies(
     upstream_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Runs, Connections]]:
+) -> Iterator[tuple[Runs, Connections, Logs]]:
     collected: Runs = {}
     connected: Connections = {}
+    logs: Logs = {}
     for variant, callbacks in VARIANTS.items():
         directory = tmp_path_factory.mktemp(variant)
         with litellm_proxy(directory, upstream_url, callbacks) as url:
@@ -95,11 +100,12 @@ def proxies(
             ).is_success
             collected[variant] = _exchanges(url)
         connected[variant] = connections(directory)
-    yield collected, connected
+        logs[variant] = (directory / "proxy.log").read_text(errors="replace")
+    yield collected, connected, logs
 
 
 @pytest.fixture(scope="module")
-def runs(proxies: tuple[Runs, Connections]) -> Runs:
+def runs(proxies: tuple[Runs, Connections, Logs]) -> Runs:
     return proxies[0]
 
 
@@ -172,7 +178,7 @@ def test_callback_sends_the_rate_limit_headers_on_every_shape(
         }, (variant, shape, number)
 
 
-@pytest.mark.parametrize("variant", FIXES)
+@pytest.mark.parametrize("variant", [*FIXES, "first-chunk-alone"])
 @pytest.mark.parametrize("shape", NON_STREAMS + STREAMS)
 def test_callback_leaves_the_body_as_litellm_sends_it(runs: Runs, variant: str, shape: str) -> None:
     for fixed, alone in zip(runs[variant][shape], runs["litellm-alone"][shape], strict=True):
@@ -180,7 +186,7 @@ def test_callback_leaves_the_body_as_litellm_sends_it(runs: Runs, variant: str, 
         assert fixed.body != b""
 
 
-@pytest.mark.parametrize("variant", FIXES)
+@pytest.mark.parametrize("variant", [*FIXES, "first-chunk-alone"])
 @pytest.mark.parametrize("shape", NON_STREAMS + STREAMS)
 def test_callback_leaves_litellm_own_headers_alone(runs: Runs, variant: str, shape: str) -> None:
     # Every header LiteLLM sends without a callback is still there, once, in LiteLLM's
@@ -207,6 +213,21 @@ def test_a_header_from_the_first_chunk_reaches_the_head_of_every_stream(
         assert int(value) < 30_000  # the client's timeout: a real duration, in ms
 
 
+def test_without_the_middleware_a_hook_header_is_dropped_with_one_warning(
+    proxies: tuple[Runs, Connections, Logs],
+) -> None:
+    # add_late_headers() in a proxy without HeaderFirstMiddleware: every stream still
+    # answers as LiteLLM alone does (the body test above), without the header, and the
+    # proxy's log says once, for the whole process, what to install.
+    runs, _, logs = proxies
+    for shape in STREAMS:
+        for exchange in runs["first-chunk-alone"][shape]:
+            assert "x-first-chunk-ms" not in exchange.headers
+            assert rate_limit_headers(exchange) == {}
+    assert logs["first-chunk-alone"].count("add_late_headers() was called outside a request") == 1
+    assert "add_late_headers() was called" not in logs["first-chunk"]
+
+
 @pytest.mark.parametrize("shape", NON_STREAMS)
 def test_no_first_chunk_header_without_a_stream(runs: Runs, shape: str) -> None:
     for exchange in runs["first-chunk"][shape]:
@@ -215,7 +236,7 @@ def test_no_first_chunk_header_without_a_stream(runs: Runs, shape: str) -> None:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_litellm_connects_to_nothing_but_this_machine(
-    proxies: tuple[Runs, Connections], upstream_url: str, variant: str
+    proxies: tuple[Runs, Connections, Logs], upstream_url: str, variant: str
 ) -> None:
     calls = proxies[1][variant]
     upstream_port = httpx.URL(upstream_url).port
