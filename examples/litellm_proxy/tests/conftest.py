@@ -19,6 +19,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -136,6 +137,7 @@ def litellm_proxy(directory: Path, upstream_url: str, callbacks: tuple[str, ...]
         env={**os.environ, **OFFLINE_ENV},
         stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -154,13 +156,30 @@ def litellm_proxy(directory: Path, upstream_url: str, callbacks: tuple[str, ...]
             time.sleep(0.2)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(SHUTDOWN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(SHUTDOWN_TIMEOUT)
+        _stop(process)
         log.close()
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop strace, the proxy under it and the proxy's children: one process group.
+
+    Signalling strace alone is not enough: it detaches on SIGTERM and leaves the proxy
+    running. The whole group gets SIGTERM, then, after `SHUTDOWN_TIMEOUT`, SIGKILL.
+    """
+    group = process.pid  # start_new_session: strace leads its own process group
+    deadline = time.monotonic() + SHUTDOWN_TIMEOUT
+    for stop in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, stop)
+        while time.monotonic() < deadline:
+            process.poll()  # reap strace; its children are reaped by init
+            try:
+                os.killpg(group, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        deadline = time.monotonic() + SHUTDOWN_TIMEOUT
+    raise RuntimeError(f"the LiteLLM proxy's process group {group} survived SIGKILL")
 
 
 _FAMILY = re.compile(r"connect\(\d+, \{sa_family=(\w+)")
