@@ -81,12 +81,14 @@ async def resolve(
     path: str,
     max_value: int = DEFAULT_MAX_HEADER_VALUE_SIZE,
     max_head: int = DEFAULT_MAX_HEAD_SIZE,
+    *,
+    native_cancel: bool = True,
 ) -> RawHeaders:
     """Await ``call`` within ``seconds`` (``None``: no limit); return its validated headers.
 
-    It runs in the caller's task, where (on asyncio) a native ``Task.cancel()`` can land:
-    one cancel scope bounds it and tells such a cancellation from a ``CancelledError`` the
-    resolver raised on its own.
+    ``native_cancel=False`` tells that this task is a child of the caller's own task
+    group, which a native asyncio ``Task.cancel()`` cannot reach: every cancellation it
+    sees is an anyio one, and the cancel scope that tells a native one apart is saved.
 
     Raises:
         ResolverFailed: It raised (a ``CancelledError`` too, when this task was not
@@ -95,7 +97,16 @@ async def resolve(
             is ``"error"`` (500, or 504 on timeout).
     """
     try:
-        source = await _call_in_scope(call, seconds)
+        if seconds is None and not native_cancel:
+            try:
+                source = await call()
+            except anyio.get_cancelled_exc_class() as exc:
+                # anyio and trio cancellations are level-triggered: a real one is seen
+                # again at this checkpoint, and propagates.
+                await anyio.lowlevel.checkpoint_if_cancelled()
+                raise _stray() from exc
+        else:
+            source = await _call_in_scope(call, seconds)
         # Validates, and refuses framing, connection-specific and server-owned headers.
         headers = render_headers(source)
         check_head_size(headers, max_value, max_head)

@@ -12,9 +12,10 @@ Invariants, enforced in `__call__`, `_respond` and `_prepare` below:
    character reaches the server, whatever the server itself checks.
 4. The body iterator is closed when the response ends for any reason: finished, raised,
    client disconnected, cancelled, HEAD, or an error response sent instead.
-5. The request's own task prepares the head, pulls every chunk and closes the iterator, so
-   a generator that holds a context variable across its yields (a tracing span) sees one
-   task and one context from its first chunk to its ``finally``; one that holds a cancel
+5. One task prepares the head, pulls every chunk and closes the iterator (a child task of
+   the response's task group while a listener runs beside it, as in Starlette; else the
+   request's own), so a generator that holds a context variable across its yields (a
+   tracing span) sees one task and one context from its first chunk to its ``finally``; one that holds a cancel
    scope (a deadline) works when it runs to its end, but, as anyio and trio document for
    async generators, not when it is closed early.
 6. One signal says "stop": the cancellation of the response's task group, by the
@@ -42,8 +43,6 @@ Divergences from `starlette.responses.StreamingResponse` (each pinned by a parit
   closes the connection inside it (hypercorn's trio worker, on ``Connection: close``) is
   not cut off half-way, which with Starlette's class leaves the connection open.
 - Background tasks also run after the error responses this class sends itself.
-- The body runs in the request's own task (Starlette runs it in a child task below spec
-  2.4): context variables the endpoint set are the same object, not a copy.
 """
 
 from __future__ import annotations
@@ -308,7 +307,8 @@ class HeaderFirstStreamingResponse(StreamingResponse):
                 "itself, so peek_first_chunk=True cannot be honoured; peek in your "
                 "stream_response, or do not override it"
             )
-        check_shutdown_options(end_on_shutdown, shutdown_event, shutdown_grace_period)
+        if end_on_shutdown or shutdown_event is not None or shutdown_grace_period != 0:
+            check_shutdown_options(end_on_shutdown, shutdown_event, shutdown_grace_period)
         super().__init__(content, status_code, headers, media_type, background)
         # Starlette wraps a sync iterable in a thread-pool async generator; closing that
         # wrapper does not close the iterable itself, so keep it to close it too.
@@ -328,6 +328,8 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         self._closed = False
         # The final body message is being sent: the listener must not cut it short.
         self._ending = False
+        # The response runs in a child task of its own task group, beside the listener.
+        self._in_child_task = False
 
     # -- orchestration -------------------------------------------------------------------
 
@@ -336,29 +338,28 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             if scope["type"] == "websocket":
                 await self._respond(scope, _deny_websocket(send))
             elif not spec_at_least_2_4(scope):
-                await self._respond_listening(scope, receive, send, to_the_end=True)
+                await self._respond_beside_listener(scope, receive, send, until_head=False)
             else:
                 # From spec 2.4 a disconnect shows as OSError from send(); a listener is
                 # needed only while the head waits, or for work that lasts the stream.
                 try:
                     if self._listens_to_the_end():
-                        await self._respond_listening(scope, receive, send, to_the_end=True)
-                    elif self._head_waits():
-                        await self._respond_listening(scope, receive, send, to_the_end=False)
+                        await self._respond_beside_listener(scope, receive, send, until_head=False)
+                    elif self.peek_first_chunk or self._own_stream_response:
+                        # The body is entered before the head: it is also streamed and
+                        # closed beside the listener, in one task group (a generator that
+                        # holds a cancel scope across its yields needs that).
+                        await self._respond_beside_listener(scope, receive, send, until_head=True)
+                    elif self.header_resolver is not None:
+                        await self._respond_after_listening(scope, receive, send)
                     else:
-                        await self._respond(scope, send)
+                        await self._respond(scope, send)  # nothing to wait for
                 except OSError as exc:
                     raise ClientDisconnect() from exc
         finally:
             await self._close_once()
         if self.background is not None:
             await self.background()
-
-    def _head_waits(self) -> bool:
-        """Whether the head may wait, so that a client leaving meanwhile must be noticed."""
-        return (
-            self.header_resolver is not None or self.peek_first_chunk or self._own_stream_response
-        )
 
     def _listens_to_the_end(self) -> bool:
         """Whether the listener has work for the whole response, on every spec version.
@@ -367,23 +368,51 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         """
         return self.end_on_shutdown
 
-    async def _respond_listening(
-        self, scope: Scope, receive: Receive, send: Send, *, to_the_end: bool
+    async def _respond_beside_listener(
+        self, scope: Scope, receive: Receive, send: Send, *, until_head: bool
     ) -> None:
-        # The response runs in this task; a listener task cancels the group when the
-        # client leaves (invariant 6). With `to_the_end=False` the listener stops once
-        # the head went out; the group's end stops whatever still runs.
+        # As Starlette's listening path: the response runs in a child task while this one
+        # listens; the client leaving cancels the group (invariant 6). With `until_head`
+        # the listening stops once the head went out, and the group waits for the body.
         with _collapse_excgroups():
             async with anyio.create_task_group() as group:
-                listening = None if to_the_end else anyio.CancelScope()
-                group.start_soon(self._listen, receive, group.cancel_scope, listening)
-                # HEAD sends no body, so nothing runs beside it.
-                stop = _nothing if _is_head(scope) else self._start_tasks(group)
-                try:
-                    await self._respond(scope, send, watched=True, listening=listening)
-                finally:
-                    stop()
+                listening = anyio.CancelScope() if until_head else None
+                group.start_soon(self._respond_then_end, scope, send, group, listening)
+                await self._listen(receive, group.cancel_scope, listening)
+
+    async def _respond_then_end(
+        self,
+        scope: Scope,
+        send: Send,
+        group: anyio.abc.TaskGroup,
+        listening: anyio.CancelScope | None,
+    ) -> None:
+        self._in_child_task = True
+        # HEAD sends no body, so nothing runs beside it.
+        stop = _nothing if _is_head(scope) else self._start_tasks(group)
+        # Without a resolver or a peek, nothing can have held the head back.
+        watched = self.header_resolver is not None or self.peek_first_chunk
+        try:
+            await self._respond(scope, send, watched=watched, listening=listening)
+        finally:
+            stop()
+        group.cancel_scope.cancel()
+
+    async def _respond_after_listening(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Spec 2.4 with a resolver and no peek: listen only while the head is held back,
+        # so that an open stream holds no task group (memory per open stream).
+        prepared: _Prepared | None = None
+        with _collapse_excgroups():
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._listen, receive, group.cancel_scope, None)
+                decided = await self._prepare(scope)
+                # The client left, or the request was cancelled, while the head was held
+                # back: send nothing, even if the resolver ended without noticing.
+                await anyio.lowlevel.checkpoint_if_cancelled()
+                prepared = decided
                 group.cancel_scope.cancel()
+        if prepared is not None:
+            await self._send_prepared(scope, send, prepared)
 
     def _start_tasks(self, group: anyio.abc.TaskGroup) -> Callable[[], None]:
         """Start what runs beside the body; return the call that stops it.
@@ -436,8 +465,8 @@ class HeaderFirstStreamingResponse(StreamingResponse):
     ) -> None:
         """Decide the head, send it and the body, then close the body, in this task.
 
-        ``watched``: a listener runs beside; ``listening``: its scope, to cancel once the
-        head is out (``None`` when it listens to the end).
+        ``watched``: a listener runs beside and the head may have waited; ``listening``:
+        the listener's scope, to cancel once the head is out (``None``: to the end).
         """
         try:
             if self._own_stream_response:
@@ -450,8 +479,8 @@ class HeaderFirstStreamingResponse(StreamingResponse):
                 # back: send nothing, even if the resolver ended without noticing (a
                 # shielded scope, a worker thread). Raises only then.
                 await anyio.lowlevel.checkpoint_if_cancelled()
-                if listening is not None:
-                    listening.cancel()
+            if listening is not None:
+                listening.cancel()
             await self._send_prepared(scope, send, prepared)
         finally:
             await self._close_once()  # in the task that iterated it, in its context
@@ -499,7 +528,9 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         if early_error is not None:
             return self._early_error(scope, early_error, merge_headers(late, resolved))
         head = self._merged_head(scope, self.status_code, self.raw_headers, late, resolved)
-        return head._replace(first_chunk=first_chunk, body_ended=body_ended)
+        if first_chunk is None and not body_ended:
+            return head
+        return _Prepared(head.start, first_chunk, body_ended, head.error_body)
 
     def _merged_head(
         self,
@@ -529,6 +560,9 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             scope.get("path", ""),
             self.max_header_value_size,
             self.max_head_size,
+            # In the child task of the response's own task group, a native asyncio
+            # cancellation cannot land: a checkpoint tells a stray CancelledError apart.
+            native_cancel=not self._in_child_task,
         )
 
     def _early_error(self, scope: Scope, exc: Exception, late: RawHeaders) -> _Prepared:
