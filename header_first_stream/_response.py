@@ -15,9 +15,9 @@ Invariants, enforced in `__call__`, `_respond` and `_prepare` below:
 5. One task prepares the head, pulls every chunk and closes the iterator (a child task of
    the response's task group while a listener runs beside it, as in Starlette; else the
    request's own), so a generator that holds a context variable across its yields (a
-   tracing span) sees one task and one context from its first chunk to its ``finally``; one that holds a cancel
-   scope (a deadline) works when it runs to its end, but, as anyio and trio document for
-   async generators, not when it is closed early.
+   tracing span) sees one task and one context from its first chunk to its ``finally``;
+   one that holds a cancel scope (a deadline) works when it runs to its end, but, as anyio
+   and trio document for async generators, not when it is closed early.
 6. One signal says "stop": the cancellation of the response's task group, by the
    disconnect listener (the client left), by the server-exit watcher, or from outside.
    No head is sent once it was given, even if the resolver ended without noticing.
@@ -48,6 +48,7 @@ Divergences from `starlette.responses.StreamingResponse` (each pinned by a parit
 from __future__ import annotations
 
 import logging
+import math
 import types
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext, suppress
@@ -80,7 +81,7 @@ from ._resolve import (
     resolve,
     without_content_type,
 )
-from ._shutdown import check_shutdown_options, watch_server_exit
+from ._shutdown import POLL_INTERVAL, check_shutdown_options, keep_polling, watch_server_exit
 from ._types import ChunkHeaderResolver, EarlyErrorHandler, HeaderResolver, RawHeaders
 
 __all__ = ["HeaderFirstStreamingResponse"]
@@ -330,6 +331,8 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         self._ending = False
         # The response runs in a child task of its own task group, beside the listener.
         self._in_child_task = False
+        # The listener starts the server-exit polling once the stream lived a while.
+        self._polls_later = False
 
     # -- orchestration -------------------------------------------------------------------
 
@@ -377,8 +380,13 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         with _collapse_excgroups():
             async with anyio.create_task_group() as group:
                 listening = anyio.CancelScope() if until_head else None
-                group.start_soon(self._respond_then_end, scope, send, group, listening)
-                await self._listen(receive, group.cancel_scope, listening)
+                # HEAD sends no body, so nothing runs beside it.
+                stop = _nothing if _is_head(scope) else self._start_tasks(group)
+                try:
+                    group.start_soon(self._respond_then_end, scope, send, group, listening)
+                    await self._listen(receive, group, listening)
+                finally:
+                    stop()
 
     async def _respond_then_end(
         self,
@@ -388,14 +396,9 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         listening: anyio.CancelScope | None,
     ) -> None:
         self._in_child_task = True
-        # HEAD sends no body, so nothing runs beside it.
-        stop = _nothing if _is_head(scope) else self._start_tasks(group)
         # Without a resolver or a peek, nothing can have held the head back.
         watched = self.header_resolver is not None or self.peek_first_chunk
-        try:
-            await self._respond(scope, send, watched=watched, listening=listening)
-        finally:
-            stop()
+        await self._respond(scope, send, watched=watched, listening=listening)
         group.cancel_scope.cancel()
 
     async def _respond_after_listening(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -404,7 +407,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         prepared: _Prepared | None = None
         with _collapse_excgroups():
             async with anyio.create_task_group() as group:
-                group.start_soon(self._listen, receive, group.cancel_scope, None)
+                group.start_soon(self._listen, receive, group, None)
                 decided = await self._prepare(scope)
                 # The client left, or the request was cancelled, while the head was held
                 # back: send nothing, even if the resolver ended without noticing.
@@ -421,21 +424,37 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         """
         if not self.end_on_shutdown:
             return _nothing
-        return watch_server_exit(group, lambda: self._on_server_exit(group))
+        self._polls_later = True
+        return watch_server_exit(group, lambda: self._on_server_exit(group), poll=False)
 
     async def _listen(
         self,
         receive: Receive,
-        response: anyio.CancelScope,
+        group: anyio.abc.TaskGroup,
         listening: anyio.CancelScope | None,
     ) -> None:
         with listening or _NO_SCOPE:  # cancelled by the response once its head is out
-            await self._wait_for_disconnect(receive)
-            await self._stop(response)
+            # A stream still open `POLL_INTERVAL` in makes sure the server's exit is
+            # polled for (see `watch_server_exit`); shorter ones never need it.
+            if not self._polls_later:
+                await self._wait_for_disconnect(receive)
+            elif not await self._wait_for_disconnect(receive, anyio.current_time() + POLL_INTERVAL):
+                keep_polling(group)
+                await self._wait_for_disconnect(receive)
+            await self._stop(group.cancel_scope)
 
-    async def _wait_for_disconnect(self, receive: Receive) -> None:
-        """The listener's wait; a subclass may do more while it waits (pings)."""
-        await self.listen_for_disconnect(receive)
+    async def _wait_for_disconnect(self, receive: Receive, until: float = math.inf) -> bool:
+        """The listener's wait: ``True`` once the client left, ``False`` at ``until``.
+
+        A subclass may do more while it waits (pings), in the same cancel scope.
+        """
+        if until == math.inf:  # the common case: no cancel scope to pay for
+            await self.listen_for_disconnect(receive)
+            return True
+        with anyio.CancelScope(deadline=until):
+            await self.listen_for_disconnect(receive)
+            return True
+        return False
 
     def _on_server_exit(self, group: anyio.abc.TaskGroup) -> None:
         if self.shutdown_event is not None:

@@ -38,6 +38,7 @@ __all__ = [
     "POLL_INTERVAL",
     "begin_shutdown",
     "check_shutdown_options",
+    "keep_polling",
     "wait_for_server_exit",
     "watch_server_exit",
 ]
@@ -128,25 +129,35 @@ def begin_shutdown() -> None:
 
 
 def watch_server_exit(
-    group: anyio.abc.TaskGroup, on_exit: Callable[[], None]
+    group: anyio.abc.TaskGroup, on_exit: Callable[[], None], *, poll: bool = True
 ) -> Callable[[], None]:
     """Call ``on_exit`` once the server exits; return the call that stops watching.
 
     ``group`` is the watching stream's task group, where the polling task may run; stop
-    watching before that group ends. Costs no task per stream (invariant 2).
+    watching before that group ends. Costs no task per stream (invariant 2). With
+    ``poll=False`` no polling starts here: the stream calls `keep_polling` once it has
+    lived a while (most responses end before a poll would matter, and a polling task
+    started and cancelled per response would cost more than the response itself).
     """
     watchers = _watchers()
     if watchers.noticed:
         on_exit()
         return _nothing
     watchers.watching[on_exit] = group
-    if watchers.polling is None:
-        watchers.start_polling((group,))
+    if poll:
+        keep_polling(group)
 
     def unwatch() -> None:
         watchers.watching.pop(on_exit, None)
 
     return unwatch
+
+
+def keep_polling(group: anyio.abc.TaskGroup) -> None:
+    """Make sure a task polls the server's exit flag, starting one in ``group`` if none."""
+    watchers = _watchers()
+    if watchers.polling is None and not watchers.noticed:
+        watchers.start_polling((group,))
 
 
 def _nothing() -> None:

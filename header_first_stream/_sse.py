@@ -56,6 +56,7 @@ Differences from `sse_starlette.EventSourceResponse` (each pinned by a parity te
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -239,8 +240,9 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse, EventSourceRe
         # each send; a ping sets `_ping_in_flight` to an Event that is set when it is done.
         self._event_in_flight = False
         self._ping_in_flight: anyio.Event | None = None
-        # The send the listener pings with, while the body is being sent.
+        # The send the listener pings with, while the body is being sent, and when.
         self._ping_send: Send | None = None
+        self._next_ping_at: float | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -301,21 +303,28 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse, EventSourceRe
     def _encode_first(self, chunk: Any) -> bytes:
         return ensure_bytes(chunk, self.sep)
 
-    async def _wait_for_disconnect(self, receive: Receive) -> None:
+    async def _wait_for_disconnect(self, receive: Receive, until: float = math.inf) -> bool:
         interval = self.ping_interval
         while True:
-            # Waiting for receive() is cut short at every ping interval. That is safe:
-            # servers keep a message that was not delivered for the next call, which
+            # Waiting for receive() is cut short at every ping, and at `until`. That is
+            # safe: servers keep a message that was not delivered for the next call, which
             # Starlette's own `Request.is_disconnected()` relies on too.
-            with anyio.move_on_after(interval if interval > 0 else None):
+            if interval > 0 and self._next_ping_at is None:
+                self._next_ping_at = anyio.current_time() + interval
+            with anyio.CancelScope(deadline=min(self._next_ping_at or until, until)):
                 while (message := await receive())["type"] != "http.disconnect":
                     pass
                 break
-            ping_send = self._ping_send
-            if ping_send is not None:
-                await self._ping_once(ping_send)
+            if self._next_ping_at is not None and anyio.current_time() >= self._next_ping_at:
+                self._next_ping_at = None  # this one is due; the next an interval after it
+                ping_send = self._ping_send
+                if ping_send is not None:
+                    await self._ping_once(ping_send)
+            elif anyio.current_time() >= until:
+                return False
         if self.client_close_handler_callable is not None:
             await self.client_close_handler_callable(message)
+        return True
 
     async def _send_events(self, send: Send, first_chunk: bytes | memoryview | None) -> None:
         sep = self.sep
