@@ -425,7 +425,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         if not self.end_on_shutdown:
             return _nothing
         self._polls_later = True
-        return watch_server_exit(group, lambda: self._on_server_exit(group), poll=False)
+        return watch_server_exit(group, lambda: self._on_server_exit(group))
 
     async def _listen(
         self,

@@ -129,23 +129,21 @@ def begin_shutdown() -> None:
 
 
 def watch_server_exit(
-    group: anyio.abc.TaskGroup, on_exit: Callable[[], None], *, poll: bool = True
+    group: anyio.abc.TaskGroup, on_exit: Callable[[], None]
 ) -> Callable[[], None]:
     """Call ``on_exit`` once the server exits; return the call that stops watching.
 
     ``group`` is the watching stream's task group, where the polling task may run; stop
-    watching before that group ends. Costs no task per stream (invariant 2). With
-    ``poll=False`` no polling starts here: the stream calls `keep_polling` once it has
-    lived a while (most responses end before a poll would matter, and a polling task
-    started and cancelled per response would cost more than the response itself).
+    watching before that group ends. Costs no task per stream (invariant 2), and starts
+    no polling: the stream calls `keep_polling` once it has lived `POLL_INTERVAL` (most
+    responses end before a poll would matter, and a polling task started and cancelled per
+    response would cost more than the response itself).
     """
     watchers = _watchers()
     if watchers.noticed:
         on_exit()
         return _nothing
     watchers.watching[on_exit] = group
-    if poll:
-        keep_polling(group)
 
     def unwatch() -> None:
         watchers.watching.pop(on_exit, None)

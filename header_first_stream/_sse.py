@@ -315,13 +315,12 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse, EventSourceRe
                 while (message := await receive())["type"] != "http.disconnect":
                     pass
                 break
-            if self._next_ping_at is not None and anyio.current_time() >= self._next_ping_at:
-                self._next_ping_at = None  # this one is due; the next an interval after it
-                ping_send = self._ping_send
-                if ping_send is not None:
-                    await self._ping_once(ping_send)
-            elif anyio.current_time() >= until:
-                return False
+            if self._next_ping_at is None or anyio.current_time() < self._next_ping_at:
+                return False  # cut at `until`, before the next ping
+            self._next_ping_at = None  # this one is due; the next an interval after it
+            ping_send = self._ping_send
+            if ping_send is not None:
+                await self._ping_once(ping_send)
         if self.client_close_handler_callable is not None:
             await self.client_close_handler_callable(message)
         return True

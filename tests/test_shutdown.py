@@ -190,17 +190,28 @@ async def test_when_the_polling_stream_ends_another_takes_the_polling_over(
 ) -> None:
     logs: list[list[str]] = [[], [], []]
     async with anyio.create_task_group() as group:
-        # The first stream starts first, so it polls; its client leaves at 0.2 s.
+        # Half a second in, the first stream starts the polling (it started first); its
+        # client leaves at 0.8 s, and the polling moves to a stream still open.
         for n, receive in enumerate(
-            [receive_disconnect_after(0.2), receive_nothing(), receive_nothing()]
+            [receive_disconnect_after(0.8), receive_nothing(), receive_nothing()]
         ):
             response = HeaderFirstEventSourceResponse(endless(logs[n]), ping=0)
             group.start_soon(response, http_scope(), receive, Recorder())
             await anyio.sleep(0.01)
-        await anyio.sleep(0.4)
+        await anyio.sleep(1.0)
         assert logs == [["finally"], [], []]
         uvicorn_like.should_exit = True
         await wait_until(lambda: logs == [["finally"]] * 3, POLL_INTERVAL + 0.5)
+
+
+async def test_a_stream_shorter_than_a_poll_interval_starts_no_polling() -> None:
+    from header_first_stream._shutdown import _watchers
+
+    response = HeaderFirstEventSourceResponse(endless([]), ping=0)
+    with anyio.fail_after(2):
+        await response(http_scope(), receive_disconnect_after(0.1), Recorder())
+    watchers = _watchers()
+    assert (watchers.polling, watchers.watching) == (None, {})
 
 
 @pytest.mark.parametrize(
@@ -318,3 +329,18 @@ async def test_sse_starlettes_exit_hook_itself_returns_when_the_server_exits() -
         begin_shutdown()
         await wait_until(lambda: bool(returned), POLL_INTERVAL + 0.5)
     assert returned[0] - began <= POLL_INTERVAL + 0.1
+
+
+async def test_begin_shutdown_wakes_a_polling_task_at_once() -> None:
+    from header_first_stream._shutdown import _watchers
+
+    log: list[str] = []
+    recorder = Recorder()
+    response = HeaderFirstStreamingResponse(endless(log), end_on_shutdown=True)
+    async with anyio.create_task_group() as group:
+        group.start_soon(response, http_scope(), receive_nothing(), recorder)
+        await wait_until(lambda: _watchers().polling is not None, POLL_INTERVAL + 0.5)
+        began = anyio.current_time()
+        begin_shutdown()
+        await wait_until(lambda: bool(log), 1)
+    assert anyio.current_time() - began < POLL_INTERVAL / 2  # not a poll later
