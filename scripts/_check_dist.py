@@ -347,6 +347,7 @@ def check_installed(work: Path, wheel: Path) -> None:
         "HTTP/1.1 200 OK",
         "content-type: text/event-stream; charset=utf-8",
         "cache-control: no-store",
+        "connection: keep-alive",  # over HTTP/1.x, as sse-starlette sends it
         "x-accel-buffering: no",
         "x-request-cost: 0.0042",
         "Transfer-Encoding: chunked",
