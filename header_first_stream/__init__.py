@@ -14,11 +14,17 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 from ._headers import HeaderValidationError
 from ._install import install_middleware
 from ._late import LateHeaders, add_late_headers, late_headers
-from ._middleware import HeaderFirstMiddleware, ScopeHeaderResolver
+from ._middleware import HeaderFirstMiddleware
 from ._normalize import HiddenParamsDict, get_additional_headers, normalize_response
 from ._response import HeaderFirstStreamingResponse
 from ._shutdown import begin_shutdown
-from ._types import ChunkHeaderResolver, EarlyErrorHandler, HeaderResolver, HeaderSource
+from ._types import (
+    ChunkHeaderResolver,
+    EarlyErrorHandler,
+    HeaderResolver,
+    HeaderSource,
+    ScopeHeaderResolver,
+)
 
 if _TYPE_CHECKING:  # pragma: no cover - for type checkers; imported on first use below
     from ._sse import HeaderFirstEventSourceResponse as HeaderFirstEventSourceResponse

@@ -29,13 +29,13 @@ Invariants, enforced in `HeaderFirstMiddleware.__call__` below:
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TypeAlias
+from collections.abc import Awaitable
 
 import anyio
 import anyio.lowlevel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ._errors import plain_error
 from ._headers import (
     DEFAULT_MAX_HEAD_SIZE,
     DEFAULT_MAX_HEADER_VALUE_SIZE,
@@ -44,20 +44,18 @@ from ._headers import (
     merge_headers,
 )
 from ._late import CURRENT, LateHeaders, late_headers
-from ._resolve import ResolverErrorPolicy, ResolverFailed, check_options, plain_error, resolve
+from ._resolve import ResolverFailed, check_options, resolve
 from ._response import spec_at_least_2_4
-from ._types import HeaderSource, RawHeaders
+from ._types import AnyASGIApp, RawHeaders, ResolverErrorPolicy, ScopeHeaderResolver
 
 __all__ = ["HeaderFirstMiddleware", "ScopeHeaderResolver"]
 
 logger = logging.getLogger("header_first_stream")
 
-_AnyASGIApp: TypeAlias = Callable[..., Awaitable[None]]
+
 # Litestar, Quart and Falcon type their ASGI callables with narrower scopes and messages
 # than Starlette's `ASGIApp`; the middleware takes any of them as it is.
 
-ScopeHeaderResolver: TypeAlias = Callable[[Scope], Awaitable[HeaderSource]]
-"""An async callable taking the request's ASGI scope and returning late headers."""
 
 _EXPOSE = b"access-control-expose-headers"
 
@@ -230,7 +228,7 @@ class HeaderFirstMiddleware:
 
     def __init__(
         self,
-        app: _AnyASGIApp,
+        app: AnyASGIApp,
         *,
         resolver: ScopeHeaderResolver | None = None,
         resolver_timeout: float | None = None,

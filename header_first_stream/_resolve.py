@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import Literal, TypeAlias
 
 import anyio
 import anyio.lowlevel
@@ -27,21 +26,16 @@ from ._headers import (
     check_head_size,
     render_headers,
 )
-from ._types import HeaderSource, RawHeaders
+from ._types import HeaderSource, RawHeaders, ResolverErrorPolicy
 
 __all__ = [
     "ResolverCancelledError",
-    "ResolverErrorPolicy",
     "ResolverFailed",
     "check_options",
-    "plain_error",
     "resolve",
-    "without_content_type",
 ]
 
 logger = logging.getLogger("header_first_stream")
-
-ResolverErrorPolicy: TypeAlias = Literal["error", "degrade"]
 
 
 class ResolverFailed(Exception):
@@ -163,24 +157,3 @@ def _stray() -> ResolverCancelledError:
         "the header resolver raised CancelledError, but its request was not cancelled "
         "(it awaited something another task cancelled)"
     )
-
-
-def plain_error(reason: str, late: RawHeaders) -> tuple[RawHeaders, bytes]:
-    """The head and body of an error answered instead of the response.
-
-    Short and generic on purpose: the exception is logged, never sent. The request's late
-    headers go along, except a ``content-type``, which described the response that was
-    not sent (and would be sent twice).
-    """
-    body = reason.encode()
-    headers = [
-        (b"content-type", b"text/plain; charset=utf-8"),
-        (b"content-length", str(len(body)).encode()),
-        *without_content_type(late),
-    ]
-    return headers, body
-
-
-def without_content_type(late: RawHeaders) -> RawHeaders:
-    """``late`` without its ``content-type``, for a response other than the one it described."""
-    return [pair for pair in late if pair[0] != b"content-type"]

@@ -60,29 +60,32 @@ import anyio.lowlevel
 import anyio.to_thread
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
+from ._errors import early_error_response, plain_error
 from ._headers import (
     DEFAULT_MAX_HEAD_SIZE,
     DEFAULT_MAX_HEADER_VALUE_SIZE,
     HeaderValidationError,
     check_head_size,
-    frame_complete_response,
     merge_headers,
     validate_own_headers,
 )
 from ._late import take_late_headers
 from ._resolve import (
-    ResolverErrorPolicy,
     ResolverFailed,
     check_options,
-    plain_error,
     resolve,
-    without_content_type,
 )
 from ._shutdown import POLL_INTERVAL, check_shutdown_options, keep_polling, watch_server_exit
-from ._types import ChunkHeaderResolver, EarlyErrorHandler, HeaderResolver, RawHeaders
+from ._types import (
+    ChunkHeaderResolver,
+    EarlyErrorHandler,
+    HeaderResolver,
+    RawHeaders,
+    ResolverErrorPolicy,
+)
 
 __all__ = ["HeaderFirstStreamingResponse"]
 
@@ -172,19 +175,6 @@ def _start(status: int, headers: RawHeaders) -> Message:
 def _error(status: int, reason: str, late: RawHeaders) -> _Prepared:
     headers, body = plain_error(reason, late)
     return _Prepared(_start(status, headers), error_body=body)
-
-
-def _default_early_error() -> Response:
-    return JSONResponse(
-        {
-            "error": {
-                "message": "The upstream service failed before sending a response.",
-                "type": "upstream_error",
-                "code": 502,
-            }
-        },
-        status_code=502,
-    )
 
 
 class HeaderFirstStreamingResponse(StreamingResponse):
@@ -585,41 +575,10 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         )
 
     def _early_error(self, scope: Scope, exc: Exception, late: RawHeaders) -> _Prepared:
-        path = scope.get("path", "")
-        response: Response | None = None
-        if self.early_error_handler is not None:
-            try:
-                response = self.early_error_handler(exc)
-            except Exception:
-                logger.exception("early_error_handler failed for %s", path)
-        if response is None:
-            logger.error("body iterator failed before its first chunk for %s", path, exc_info=exc)
-            response = _default_early_error()
-        else:
-            logger.info(
-                "body iterator failed before its first chunk for %s: answered %s",
-                path,
-                response.status_code,
-            )
-        if not isinstance(getattr(response, "body", None), _BYTES_TYPES):
-            logger.error(
-                "early_error_handler returned %s for %s, which has no body; answered 502 "
-                "(return a Response with a body, such as JSONResponse)",
-                type(response).__name__,
-                path,
-            )
-            response = _default_early_error()
-        body: bytes | memoryview = response.body
-        try:
-            # This package sends that response itself: its framing is computed here.
-            own = frame_complete_response(response.status_code, response.raw_headers, body, path)
-        except HeaderValidationError:
-            logger.exception("invalid header in the early error response for %s", path)
-            response = _default_early_error()
-            body = response.body
-            own = response.raw_headers
-        headers = merge_headers(list(own), without_content_type(late))
-        return _Prepared(_start(response.status_code, headers), error_body=body)
+        status, headers, body = early_error_response(
+            self.early_error_handler, exc, late, scope.get("path", "")
+        )
+        return _Prepared(_start(status, headers), error_body=body)
 
     # -- the body ------------------------------------------------------------------------
 

@@ -66,10 +66,9 @@ import anyio.abc
 from starlette.background import BackgroundTask
 from starlette.types import Message, Receive, Scope, Send
 
-from ._resolve import ResolverErrorPolicy
 from ._response import HeaderFirstStreamingResponse
 from ._shutdown import wait_for_server_exit
-from ._types import EarlyErrorHandler, HeaderResolver, HeaderSource
+from ._types import EarlyErrorHandler, EventHeaderResolver, HeaderResolver, ResolverErrorPolicy
 
 try:
     from sse_starlette.event import ServerSentEvent, ensure_bytes
@@ -93,10 +92,6 @@ def _replaced(response: object, name: str) -> bool:
     """Whether ``name`` is no longer `HeaderFirstEventSourceResponse`'s own method."""
     method = getattr(response, name)
     return getattr(method, "__func__", method) is not getattr(HeaderFirstEventSourceResponse, name)
-
-
-# With peek_first_chunk=True the resolver gets the first item as the iterator yielded it.
-_EventHeaderResolver = Callable[[Any], Awaitable[HeaderSource]]
 
 
 def _with_timeout(send: Send, timeout: float) -> Send:
@@ -182,7 +177,7 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse, EventSourceRe
         shutdown_grace_period: float = 0,
         cleanup_timeout: float | None = EventSourceResponse.DEFAULT_CLEANUP_TIMEOUT,
         *,
-        header_resolver: HeaderResolver | _EventHeaderResolver | None = None,
+        header_resolver: HeaderResolver | EventHeaderResolver | None = None,
         resolver_timeout: float | None = None,
         on_resolver_error: ResolverErrorPolicy = "error",
         peek_first_chunk: bool = False,

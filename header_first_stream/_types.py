@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from starlette.responses import Response
+from starlette.types import Scope
 
 HeaderValue: TypeAlias = str | int
 HeaderSource: TypeAlias = Mapping[str, HeaderValue] | Iterable[tuple[str, HeaderValue]]
@@ -26,3 +27,15 @@ EarlyErrorHandler: TypeAlias = Callable[[Exception], Response | None]
 
 Return ``None`` to use the default 502 response.
 """
+
+ScopeHeaderResolver: TypeAlias = Callable[[Scope], Awaitable[HeaderSource]]
+"""An async callable taking the request's ASGI scope and returning late headers."""
+
+EventHeaderResolver: TypeAlias = Callable[[Any], Awaitable[HeaderSource]]
+"""With ``peek_first_chunk=True`` on the SSE class: receives the first item as yielded."""
+
+ResolverErrorPolicy: TypeAlias = Literal["error", "degrade"]
+"""What a failed resolver leads to: an error response, or the response without its headers."""
+
+AnyASGIApp: TypeAlias = Callable[..., Awaitable[None]]
+"""Any ASGI app: frameworks type theirs more narrowly than `starlette.types.ASGIApp`."""
