@@ -12,14 +12,11 @@ import logging
 from starlette.responses import JSONResponse, Response
 
 from ._headers import HeaderValidationError, frame_complete_response, merge_headers
-from ._types import EarlyErrorHandler, RawHeaders
+from ._types import BYTES_TYPES, EarlyErrorHandler, RawHeaders
 
 __all__ = ["early_error_response", "plain_error", "without_content_type"]
 
 logger = logging.getLogger("header_first_stream")
-
-# A tuple built once, as in `_response`.
-_BYTES_TYPES = (bytes, memoryview)
 
 
 def plain_error(reason: str, late: RawHeaders) -> tuple[RawHeaders, bytes]:
@@ -79,7 +76,7 @@ def early_error_response(
             path,
             response.status_code,
         )
-    if not isinstance(getattr(response, "body", None), _BYTES_TYPES):
+    if not isinstance(getattr(response, "body", None), BYTES_TYPES):
         logger.error(
             "early_error_handler returned %s for %s, which has no body; answered 502 "
             "(return a Response with a body, such as JSONResponse)",

@@ -103,6 +103,12 @@ class LateHeaders:
         return self._raw
 
 
+# Put in the scope by a head that went out before any store was asked for: a store asked
+# for later knows that its headers can no longer be sent. A marker, not a store, so that
+# responses whose requests never add a header allocate nothing.
+_HEAD_SENT = object()
+
+
 CURRENT: ContextVar[LateHeaders] = ContextVar("header_first_stream.current")
 
 
@@ -151,12 +157,6 @@ def late_headers(request: Scope | _HasScope | None = None) -> LateHeaders:
     if store is _HEAD_SENT:
         created._sent = True  # the head went out before anything asked for the store
     return created
-
-
-# Put in the scope by a head that went out before any store was asked for: a store asked
-# for later knows that its headers can no longer be sent. A marker, not a store, so that
-# responses whose requests never add a header allocate nothing.
-_HEAD_SENT = object()
 
 
 _missing_middleware_warned = False  # one WARNING per process, however many hooks call

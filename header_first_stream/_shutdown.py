@@ -39,6 +39,7 @@ __all__ = [
     "begin_shutdown",
     "check_shutdown_options",
     "keep_polling",
+    "unwatched",
     "wait_for_server_exit",
     "watch_server_exit",
 ]
@@ -142,7 +143,7 @@ def watch_server_exit(
     watchers = _watchers()
     if watchers.noticed:
         on_exit()
-        return _nothing
+        return unwatched
     watchers.watching[on_exit] = group
 
     def unwatch() -> None:
@@ -158,8 +159,8 @@ def keep_polling(group: anyio.abc.TaskGroup) -> None:
         watchers.start_polling((group,))
 
 
-def _nothing() -> None:
-    pass
+def unwatched() -> None:
+    """The stop-watching call of a stream that watches nothing (a no-op)."""
 
 
 async def wait_for_server_exit() -> None:

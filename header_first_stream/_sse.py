@@ -66,8 +66,8 @@ import anyio.abc
 from starlette.background import BackgroundTask
 from starlette.types import Message, Receive, Scope, Send
 
-from ._response import HeaderFirstStreamingResponse
-from ._shutdown import wait_for_server_exit
+from ._response import HeaderFirstStreamingResponse, is_head
+from ._shutdown import unwatched, wait_for_server_exit
 from ._types import EarlyErrorHandler, EventHeaderResolver, HeaderResolver, ResolverErrorPolicy
 
 try:
@@ -82,10 +82,6 @@ except ModuleNotFoundError as exc:
 __all__ = ["HeaderFirstEventSourceResponse"]
 
 _HTTP_1 = ("1.1", "1.0")
-
-
-def _nothing() -> None:
-    pass
 
 
 def _replaced(response: object, name: str) -> bool:
@@ -243,8 +239,7 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse, EventSourceRe
         if scope["type"] == "http":
             if scope.get("http_version", "1.1") not in _HTTP_1:
                 self.raw_headers = [pair for pair in self.raw_headers if pair[0] != b"connection"]
-            method = scope.get("method")
-            if self.send_timeout is not None and method is not None and method.upper() == "HEAD":
+            if self.send_timeout is not None and is_head(scope):
                 # As sse-starlette: HEAD's two messages are bounded too.
                 send = _with_timeout(send, self.send_timeout)
         await super().__call__(scope, receive, send)
@@ -273,7 +268,7 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse, EventSourceRe
             # sse-starlette's hook, replaced on the instance (as its users and tests do):
             # the stream ends when it returns.
             group.start_soon(self._end_when_exit_signalled, group)
-            return _nothing
+            return unwatched
         return super()._start_tasks(group)
 
     async def _end_when_exit_signalled(self, group: anyio.abc.TaskGroup) -> None:

@@ -19,6 +19,10 @@ HeaderResolver: TypeAlias = Callable[[], Awaitable[HeaderSource]]
 
 Chunk: TypeAlias = str | bytes | memoryview
 
+BYTES_TYPES = (bytes, memoryview)
+"""For ``isinstance``, built once: ``bytes | memoryview`` builds a union on every call
+(~70 ns, a quarter of what raw ASGI costs per chunk)."""
+
 ChunkHeaderResolver: TypeAlias = Callable[[Chunk | None], Awaitable[HeaderSource]]
 """With ``peek_first_chunk=True``: receives the first chunk (``None`` for an empty body)."""
 
