@@ -14,11 +14,9 @@ Invariants, enforced in `resolve`:
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Awaitable, Callable
 
 import anyio
-import anyio.lowlevel
 
 from ._headers import (
     DEFAULT_MAX_HEAD_SIZE,
@@ -27,6 +25,7 @@ from ._headers import (
     render_headers,
 )
 from ._types import HeaderSource, RawHeaders, ResolverErrorPolicy
+from ._watch import cancel_requested
 
 __all__ = [
     "ResolverCancelledError",
@@ -75,14 +74,8 @@ async def resolve(
     path: str,
     max_value: int = DEFAULT_MAX_HEADER_VALUE_SIZE,
     max_head: int = DEFAULT_MAX_HEAD_SIZE,
-    *,
-    native_cancel: bool = True,
 ) -> RawHeaders:
     """Await ``call`` within ``seconds`` (``None``: no limit); return its validated headers.
-
-    ``native_cancel=False`` tells that this task is a child of the caller's own task
-    group, which a native asyncio ``Task.cancel()`` cannot reach: every cancellation it
-    sees is an anyio one, and the cancel scope that tells a native one apart is saved.
 
     Raises:
         ResolverFailed: It raised (a ``CancelledError`` too, when this task was not
@@ -91,19 +84,19 @@ async def resolve(
             is ``"error"`` (500, or 504 on timeout).
     """
     try:
-        if seconds is None and not native_cancel:
+        if seconds is None:
             try:
                 source = await call()
             except anyio.get_cancelled_exc_class() as exc:
-                # anyio and trio cancellations are level-triggered: a real one is seen
-                # again at this checkpoint, and propagates.
-                await anyio.lowlevel.checkpoint_if_cancelled()
+                if cancel_requested():
+                    raise
                 raise _stray() from exc
         else:
             source = await _call_in_scope(call, seconds)
         # Validates, and refuses framing, connection-specific and server-owned headers.
         headers = render_headers(source)
-        check_head_size(headers, max_value, max_head)
+        if headers:
+            check_head_size(headers, max_value, max_head)
         return headers
     except _Timeout:
         if policy == "degrade":
@@ -129,24 +122,16 @@ async def resolve(
 
 
 async def _call_in_scope(
-    call: Callable[[], Awaitable[HeaderSource]], seconds: float | None
+    call: Callable[[], Awaitable[HeaderSource]], seconds: float
 ) -> HeaderSource:
-    # One cancel scope for the deadline and for telling a CancelledError that the resolver
-    # raised on its own from a cancellation of this task. Cancelling the scope and passing
-    # a checkpoint asks anyio: the scope absorbs its own cancellation unless an enclosing
-    # one is cancelled too, or (asyncio) a native Task.cancel() landed while the scope was
-    # active, such as a timeout middleware's or the server's.
     stray: BaseException | None = None
-    deadline = math.inf if seconds is None else anyio.current_time() + seconds
-    with anyio.CancelScope(deadline=deadline) as scope:
+    with anyio.CancelScope(deadline=anyio.current_time() + seconds) as scope:
         try:
             return await call()
         except anyio.get_cancelled_exc_class() as exc:
-            if scope.cancel_called:
-                raise  # the deadline
+            if scope.cancel_called or cancel_requested():
+                raise  # the deadline, or a cancellation of this task
             stray = exc
-            scope.cancel()
-            await anyio.lowlevel.checkpoint()
     if stray is not None:
         raise _stray() from stray
     raise _Timeout

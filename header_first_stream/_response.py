@@ -50,12 +50,12 @@ from __future__ import annotations
 import logging
 import math
 import types
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext, suppress
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import nullcontext, suppress
+from functools import partial
 from typing import Any, NamedTuple
 
 import anyio
-import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 from starlette.background import BackgroundTask
@@ -93,6 +93,7 @@ from ._types import (
     RawHeaders,
     ResolverErrorPolicy,
 )
+from ._watch import Stopped, Watch, first_of, run_watched
 
 __all__ = ["HeaderFirstStreamingResponse"]
 
@@ -117,20 +118,6 @@ class _Prepared(NamedTuple):
 
 class _Answered(Exception):
     """A subclass's `stream_response` is stopped: an error response was sent instead."""
-
-
-@contextmanager
-def _collapse_excgroups() -> Iterator[None]:
-    # anyio's task groups wrap even a single exception in a group; callers and
-    # Starlette's error middleware expect the exception itself, as Starlette gives it.
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) != 1:
-            raise
-        exc = group.exceptions[0]
-        context = None if exc.__suppress_context__ else exc.__context__
-        raise exc from exc.__cause__ or context
 
 
 def _deny_websocket(send: Send) -> Send:
@@ -318,8 +305,6 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         self._closed = False
         # The final body message is being sent: the listener must not cut it short.
         self._ending = False
-        # The response runs in a child task of its own task group, beside the listener.
-        self._in_child_task = False
         # The listener starts the server-exit polling once the stream lived a while.
         self._polls_later = False
 
@@ -363,50 +348,39 @@ class HeaderFirstStreamingResponse(StreamingResponse):
     async def _respond_beside_listener(
         self, scope: Scope, receive: Receive, send: Send, *, until_head: bool
     ) -> None:
-        # As Starlette's listening path: the response runs in a child task while this one
-        # listens; the client leaving cancels the group (invariant 6). With `until_head`
-        # the listening stops once the head went out, and the group waits for the body.
-        with _collapse_excgroups():
-            async with anyio.create_task_group() as group:
-                listening = anyio.CancelScope() if until_head else None
-                # HEAD sends no body, so nothing runs beside it.
-                stop = unwatched if is_head(scope) else self._start_tasks(group)
-                try:
-                    group.start_soon(self._respond_then_end, scope, send, group, listening)
-                    await self._listen(receive, group, listening)
-                finally:
-                    stop()
+        # As Starlette's listening path, but the response runs in this task and the
+        # listener beside it: the client leaving stops the watch (invariant 6). With
+        # `until_head` the listening stops once the head went out.
+        await run_watched(self._respond_watched, scope, receive, send, until_head)
 
-    async def _respond_then_end(
-        self,
-        scope: Scope,
-        send: Send,
-        group: anyio.abc.TaskGroup,
-        listening: anyio.CancelScope | None,
+    async def _respond_watched(
+        self, watch: Watch, scope: Scope, receive: Receive, send: Send, until_head: bool
     ) -> None:
-        self._in_child_task = True
-        # Without a resolver or a peek, nothing can have held the head back.
-        watched = self.header_resolver is not None or self.peek_first_chunk
-        await self._respond(scope, send, watched=watched, listening=listening)
-        group.cancel_scope.cancel()
+        listening = anyio.CancelScope() if until_head else None
+        # HEAD sends no body, so nothing runs beside it.
+        stop = unwatched if is_head(scope) else self._start_tasks(watch)
+        try:
+            watch.start_soon(self._listen, receive, watch, listening)
+            # Without a resolver or a peek, nothing can have held the head back.
+            watched = self.header_resolver is not None or self.peek_first_chunk
+            await self._respond(scope, send, watched=watched, listening=listening)
+        finally:
+            stop()
 
     async def _respond_after_listening(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Spec 2.4 with a resolver and no peek: listen only while the head is held back,
-        # so that an open stream holds no task group (memory per open stream).
-        prepared: _Prepared | None = None
-        with _collapse_excgroups():
-            async with anyio.create_task_group() as group:
-                group.start_soon(self._listen, receive, group, None)
-                decided = await self._prepare(scope)
-                # The client left, or the request was cancelled, while the head was held
-                # back: send nothing, even if the resolver ended without noticing.
-                await anyio.lowlevel.checkpoint_if_cancelled()
-                prepared = decided
-                group.cancel_scope.cancel()
-        if prepared is not None:
-            await self._send_prepared(scope, send, prepared)
+        # and only if it waits at all (a resolver that returns at once starts nothing).
+        try:
+            prepared = await first_of(
+                self._prepare(scope), partial(self._wait_for_disconnect, receive)
+            )
+        except Stopped:
+            # The client left while the head was held back: send nothing, even if the
+            # resolver ended without noticing.
+            return
+        await self._send_prepared(scope, send, prepared)
 
-    def _start_tasks(self, group: anyio.abc.TaskGroup) -> Callable[[], None]:
+    def _start_tasks(self, watch: Watch) -> Callable[[], None]:
         """Start what runs beside the body; return the call that stops it.
 
         A subclass adds its own tasks here (and says so in `_listens_to_the_end`).
@@ -414,12 +388,12 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         if not self.end_on_shutdown:
             return unwatched
         self._polls_later = True
-        return watch_server_exit(group, lambda: self._on_server_exit(group))
+        return watch_server_exit(watch, lambda: self._on_server_exit(watch))
 
     async def _listen(
         self,
         receive: Receive,
-        group: anyio.abc.TaskGroup,
+        watch: Watch,
         listening: anyio.CancelScope | None,
     ) -> None:
         with listening or _NO_SCOPE:  # cancelled by the response once its head is out
@@ -428,9 +402,9 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             if not self._polls_later:
                 await self._wait_for_disconnect(receive)
             elif not await self._wait_for_disconnect(receive, anyio.current_time() + POLL_INTERVAL):
-                keep_polling(group)
+                keep_polling(watch)
                 await self._wait_for_disconnect(receive)
-            await self._stop(group.cancel_scope)
+            await self._stop(watch)
 
     async def _wait_for_disconnect(self, receive: Receive, until: float = math.inf) -> bool:
         """The listener's wait: ``True`` once the client left, ``False`` at ``until``.
@@ -445,14 +419,14 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             return True
         return False
 
-    def _on_server_exit(self, group: anyio.abc.TaskGroup) -> None:
+    def _on_server_exit(self, watch: Watch) -> None:
         if self.shutdown_event is not None:
             self.shutdown_event.set()
         logger.info("server shutting down: ending an open stream")
-        # A body that ends by itself meanwhile ends the group, and this task with it.
-        group.start_soon(self._stop, group.cancel_scope, self.shutdown_grace_period)
+        # A body that ends by itself meanwhile ends the watch, and this task with it.
+        watch.start_soon(self._stop, watch, self.shutdown_grace_period)
 
-    async def _stop(self, response: anyio.CancelScope, after: float = 0) -> None:
+    async def _stop(self, watch: Watch, after: float = 0) -> None:
         """Cancel the response (the client left, or the server exits), after ``after``."""
         if after:
             await anyio.sleep(after)
@@ -461,7 +435,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             # that send (hypercorn does, on `Connection: close`) and report a disconnect:
             # cut it short only if it stalls, never half-way through a closing send.
             await anyio.sleep(FINAL_SEND_GRACE)
-        response.cancel()
+        watch.stop()
 
     async def _respond(
         self,
@@ -568,9 +542,6 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             scope.get("path", ""),
             self.max_header_value_size,
             self.max_head_size,
-            # In the child task of the response's own task group, a native asyncio
-            # cancellation cannot land: a checkpoint tells a stray CancelledError apart.
-            native_cancel=not self._in_child_task,
         )
 
     def _early_error(self, scope: Scope, exc: Exception, late: RawHeaders) -> _Prepared:

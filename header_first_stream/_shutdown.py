@@ -31,8 +31,9 @@ import sys
 from collections.abc import Callable, Iterable
 
 import anyio
-import anyio.abc
 from anyio.lowlevel import RunVar
+
+from ._watch import Watch
 
 __all__ = [
     "POLL_INTERVAL",
@@ -58,13 +59,13 @@ class _Watchers:
         self.noticed = False  # the exit was noticed and every stream told
         self.polling: anyio.CancelScope | None = None  # the polling task's sleep
         # Each watching stream's callback, and the task group the polling may run in.
-        self.watching: dict[Callable[[], None], anyio.abc.TaskGroup] = {}
+        self.watching: dict[Callable[[], None], Watch] = {}
 
-    def start_polling(self, candidates: Iterable[anyio.abc.TaskGroup]) -> None:
+    def start_polling(self, candidates: Iterable[Watch]) -> None:
         # In a group that is not being cancelled: a task started there would end at once
         # and hand the polling straight back.
         for group in candidates:
-            if not group.cancel_scope.cancel_called:
+            if not group.stopped:
                 self.polling = anyio.CancelScope()
                 group.start_soon(self._poll, self.polling)
                 return
@@ -129,9 +130,7 @@ def begin_shutdown() -> None:
         watchers.start_polling(watchers.watching.values())
 
 
-def watch_server_exit(
-    group: anyio.abc.TaskGroup, on_exit: Callable[[], None]
-) -> Callable[[], None]:
+def watch_server_exit(group: Watch, on_exit: Callable[[], None]) -> Callable[[], None]:
     """Call ``on_exit`` once the server exits; return the call that stops watching.
 
     ``group`` is the watching stream's task group, where the polling task may run; stop
@@ -152,7 +151,7 @@ def watch_server_exit(
     return unwatch
 
 
-def keep_polling(group: anyio.abc.TaskGroup) -> None:
+def keep_polling(group: Watch) -> None:
     """Make sure a task polls the server's exit flag, starting one in ``group`` if none."""
     watchers = _watchers()
     if watchers.polling is None and not watchers.noticed:

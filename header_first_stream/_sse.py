@@ -62,13 +62,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-import anyio.abc
 from starlette.background import BackgroundTask
 from starlette.types import Message, Receive, Scope, Send
 
 from ._response import HeaderFirstStreamingResponse, is_head
 from ._shutdown import unwatched, wait_for_server_exit
 from ._types import EarlyErrorHandler, EventHeaderResolver, HeaderResolver, ResolverErrorPolicy
+from ._watch import Watch
 
 try:
     from sse_starlette.event import ServerSentEvent, ensure_bytes
@@ -261,19 +261,19 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse, EventSourceRe
             or super()._listens_to_the_end()
         )
 
-    def _start_tasks(self, group: anyio.abc.TaskGroup) -> Callable[[], None]:
+    def _start_tasks(self, watch: Watch) -> Callable[[], None]:
         if self.data_sender_callable is not None:
-            group.start_soon(self.data_sender_callable)
+            watch.start_soon(self.data_sender_callable)
         if self.end_on_shutdown and _replaced(self, "_listen_for_exit_signal"):
             # sse-starlette's hook, replaced on the instance (as its users and tests do):
             # the stream ends when it returns.
-            group.start_soon(self._end_when_exit_signalled, group)
+            watch.start_soon(self._end_when_exit_signalled, watch)
             return unwatched
-        return super()._start_tasks(group)
+        return super()._start_tasks(watch)
 
-    async def _end_when_exit_signalled(self, group: anyio.abc.TaskGroup) -> None:
+    async def _end_when_exit_signalled(self, watch: Watch) -> None:
         await self._listen_for_exit_signal()
-        self._on_server_exit(group)
+        self._on_server_exit(watch)
 
     async def _send_body(self, send: Send, first_chunk: bytes | memoryview | None) -> None:
         events_send = send if self.send_timeout is None else _with_timeout(send, self.send_timeout)

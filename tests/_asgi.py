@@ -260,10 +260,13 @@ class LeavingClient(Recorder):
         await super().__call__(message)
 
 
-def resolver_of(headers: Any) -> Any:
-    """A header resolver that returns ``headers``."""
+def resolver_of(headers: Any, *, waits: bool = False) -> Any:
+    """A header resolver that returns ``headers``; with ``waits``, after one event-loop pass
+    (as any resolver that does I/O), so that the response has to watch the client meanwhile."""
 
     async def resolver(*first: object) -> Any:  # with or without peek_first_chunk
+        if waits:
+            await anyio.lowlevel.checkpoint()
         return headers
 
     return resolver
