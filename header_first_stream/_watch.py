@@ -9,12 +9,12 @@ and commands in ``docs/benchmarks.md``). What it gives instead, on each backend:
   cancel scope); side tasks (the disconnect listener, pings, the server-exit polling) run
   beside it and may stop it. asyncio: an anyio `CancelScope` and bare tasks (~10 us); trio:
   a nursery, which already is that scope (~55 us).
-- `first_of`: await one coroutine (the head's resolver) unless the client leaves first.
-  asyncio: the coroutine's first step runs at once, and a coroutine that returns without
-  waiting (a no-op or cached resolver) starts nothing; one that waits gets a listener task,
-  which cancels the request's task as ``asyncio.timeout`` does (``Task.cancel``, counted
-  with ``uncancel``). trio: a nursery, as `run_watched` (no task can be cancelled there
-  without a scope entered before the coroutine's first step).
+- `first_of`: await one call (the head's resolver) unless the client leaves first.
+  asyncio: the listener task is started by a callback at the event loop's next pass, so
+  a call that returns without waiting (a no-op or cached resolver) starts nothing; one
+  that waits gets the listener, which cancels the request's task as ``asyncio.timeout``
+  does (``Task.cancel``, counted with ``uncancel``). trio: a nursery, as `run_watched`
+  (trio cancels only through a scope, and its tasks only start in a nursery).
 - `cancel_requested`: whether the running task is being cancelled, told apart from a
   ``CancelledError`` some code raised on its own.
 
@@ -34,8 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import types
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
@@ -97,22 +96,15 @@ async def run_watched(work: Callable[..., Awaitable[None]], *args: object) -> No
         await _run_trio(work, args)
 
 
-async def first_of(call: Coroutine[Any, Any, T], listen: Callable[[], Awaitable[object]]) -> T:
+async def first_of(call: Awaitable[T], listen: Callable[[], Awaitable[object]]) -> T:
     """Await ``call`` in this task, unless ``listen()`` returns first.
 
     Raises:
         Stopped: ``listen()`` returned first; ``call`` was cancelled (or ended anyway).
     """
-    if not _on_asyncio():
-        return await _first_of_trio(call, listen)
-    try:
-        waiting_on = call.send(None)
-    except StopIteration as done:  # it never waited: nothing to watch
-        return done.value  # type: ignore[no-any-return]
-    except BaseException:
-        call.close()
-        raise
-    return await _AsyncioListener(listen).finish(call, waiting_on)
+    if _on_asyncio():
+        return await _AsyncioListener(listen).first_of(call)
+    return await _first_of_trio(call, listen)
 
 
 def cancel_requested() -> bool:
@@ -187,23 +179,26 @@ class _AsyncioWatch:
 
 
 class _AsyncioListener:
-    """`first_of`'s listener: a task that cancels this one if ``listen()`` returns."""
+    """`first_of`'s listener: a task, started only once this task waits, that cancels it."""
 
-    __slots__ = ("_error", "_host", "_listen", "_stopped")
+    __slots__ = ("_error", "_host", "_listen", "_side", "_stopped")
 
     def __init__(self, listen: Callable[[], Awaitable[object]]) -> None:
         self._listen = listen
         self._host = asyncio.current_task()
+        self._side: asyncio.Task[None] | None = None
         self._stopped = False
         self._error: BaseException | None = None  # the listener's own exception
 
-    async def finish(self, call: Coroutine[Any, Any, T], waiting_on: object) -> T:
+    async def first_of(self, call: Awaitable[T]) -> T:
         host = self._host
         assert host is not None  # first_of runs in a task
         cancelling = host.cancelling()
-        side = asyncio.get_running_loop().create_task(self._run())
+        # Runs at the event loop's next pass, which comes only if `call` waits: a call
+        # that returns at once (a no-op or cached resolver) starts no task.
+        start = asyncio.get_running_loop().call_soon(self._start)
         try:
-            result = await _resume(call, waiting_on)
+            result = await call
         except asyncio.CancelledError:
             # Ours, and no other cancellation besides it: the client left (or the
             # listener failed, which a task group would raise too).
@@ -212,14 +207,19 @@ class _AsyncioListener:
         else:
             if not self._stopped:
                 return result
-            host.uncancel()  # delivered, and swallowed by the coroutine: still stopped
+            host.uncancel()  # delivered, and swallowed by the call: still stopped
         finally:
-            if not side.done():
+            start.cancel()
+            side = self._side
+            if side is not None and not side.done():
                 side.cancel()
                 await asyncio.wait((side,))
         if self._error is not None:
             raise self._error
         raise Stopped
+
+    def _start(self) -> None:
+        self._side = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
         try:
@@ -231,28 +231,6 @@ class _AsyncioListener:
         self._stopped = True
         assert self._host is not None
         self._host.cancel()
-
-
-@types.coroutine
-def _resume(call: Coroutine[Any, Any, T], waiting_on: object) -> Generator[Any, Any, T]:
-    # `yield from call`, for a coroutine whose first step already ran: what it waits on
-    # goes to the event loop, and what the loop sends or throws goes back to it.
-    while True:
-        try:
-            sent = yield waiting_on
-        except GeneratorExit:
-            call.close()
-            raise
-        except BaseException as exc:
-            try:
-                waiting_on = call.throw(exc)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-        else:
-            try:
-                waiting_on = call.send(sent)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
 
 
 # -- trio ----------------------------------------------------------------------------------
@@ -289,9 +267,7 @@ async def _run_trio(work: Callable[..., Awaitable[None]], args: tuple[object, ..
                 watch.stop()  # the side tasks end with the response
 
 
-async def _first_of_trio(
-    call: Coroutine[Any, Any, T], listen: Callable[[], Awaitable[object]]
-) -> T:
+async def _first_of_trio(call: Awaitable[T], listen: Callable[[], Awaitable[object]]) -> T:
     result: list[T] = []
     stopped = False
 

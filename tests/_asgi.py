@@ -261,12 +261,13 @@ class LeavingClient(Recorder):
 
 
 def resolver_of(headers: Any, *, waits: bool = False) -> Any:
-    """A header resolver that returns ``headers``; with ``waits``, after one event-loop pass
-    (as any resolver that does I/O), so that the response has to watch the client meanwhile."""
+    """A header resolver that returns ``headers``; with ``waits``, after a few event-loop
+    passes (as a resolver doing I/O), so that the response watches the client meanwhile."""
 
     async def resolver(*first: object) -> Any:  # with or without peek_first_chunk
         if waits:
-            await anyio.lowlevel.checkpoint()
+            for _ in range(3):
+                await anyio.lowlevel.checkpoint()
         return headers
 
     return resolver
