@@ -52,6 +52,26 @@ def test_rejects_an_unknown_resolver_error_policy() -> None:
         HeaderFirstMiddleware(_noop_app, on_resolver_error="ignore")  # type: ignore[arg-type]
 
 
+async def _resolver(scope: Scope) -> dict[str, str]:
+    return {}  # pragma: no cover
+
+
+def test_resolver_options_read_back_as_given_and_are_read_only() -> None:
+    middleware = HeaderFirstMiddleware(
+        _noop_app, resolver=_resolver, resolver_timeout=2.5, on_resolver_error="degrade"
+    )
+    options = (middleware.resolver, middleware.resolver_timeout, middleware.on_resolver_error)
+    assert options == (_resolver, 2.5, "degrade")
+    default = HeaderFirstMiddleware(_noop_app)
+    assert (default.resolver, default.resolver_timeout, default.on_resolver_error) == (
+        None,
+        None,
+        "error",
+    )
+    with pytest.raises(AttributeError):
+        middleware.resolver = None  # type: ignore[misc]
+
+
 # --- scopes it does not touch -------------------------------------------------------------
 
 
