@@ -5,7 +5,8 @@ context variables). For each HTTP request it puts a `LateHeaders` store in the s
 it the current one for `late_headers()`, and holds the inner app's ``http.response.start``
 back until the app sends the message after it; only then are the late headers known.
 
-Invariants, enforced in `HeaderFirstMiddleware.__call__` below:
+A request's state lives in a `_Responder`, made per request: the app is given its
+`_Responder.receive_watching` and `_Responder.send_holding`. Invariants, enforced there:
 
 1. The inner app's ``http.response.start`` goes out at most once, just before the message
    that follows it (normally its first body message), with every late header added until
@@ -21,9 +22,15 @@ Invariants, enforced in `HeaderFirstMiddleware.__call__` below:
 5. `CURRENT` is set for one request, in that request's own context, and reset when the
    request ends, however it ends.
 6. Headers the middleware adds were validated when they were added (`LateHeaders`) or
-   rendered (the resolver's); the inner app's own head is passed on as the app built it,
-   except ``access-control-expose-headers`` under ``expose_late_headers=True``, which is
-   merged with the late headers' names on CORS requests only.
+   rendered (the resolver's). The inner app's own head is passed on as the app built it
+   when the middleware adds nothing to it. When it adds headers, the app's own are passed
+   on in their order with their names lower-cased (so that a late header replaces the
+   app's of the same name whatever its case), less those that a late or resolver header
+   of the same name replaces (``set-cookie`` is added to, never replaced); their values
+   are the app's, not validated, and only the sizes of the new head are checked. Under
+   ``expose_late_headers=True``, on CORS requests only, the app's
+   ``access-control-expose-headers`` rows become one, last, with the late headers' names
+   added.
 """
 
 from __future__ import annotations
@@ -44,18 +51,13 @@ from ._headers import (
     merge_headers,
 )
 from ._late import CURRENT, LateHeaders, late_headers
-from ._resolve import ResolverFailed, check_options, resolve
+from ._resolve import ResolverAttributes, ResolverFailed, ResolverOptions
 from ._response import spec_at_least_2_4
 from ._types import AnyASGIApp, RawHeaders, ResolverErrorPolicy, ScopeHeaderResolver
 
 __all__ = ["HeaderFirstMiddleware", "ScopeHeaderResolver"]
 
 logger = logging.getLogger("header_first_stream")
-
-
-# Litestar, Quart and Falcon type their ASGI callables with narrower scopes and messages
-# than Starlette's `ASGIApp`; the middleware takes any of them as it is.
-
 
 _EXPOSE = b"access-control-expose-headers"
 
@@ -87,6 +89,11 @@ def _with_exposed(headers: RawHeaders, names: list[bytes]) -> RawHeaders:
     return [*rest, (_EXPOSE, b", ".join(listed))]
 
 
+def _last_body(body: bytes) -> Message:
+    # A new message each time: one sent is the next middleware's to change.
+    return {"type": "http.response.body", "body": body, "more_body": False}
+
+
 class _Answered(Exception):
     """Raised from the app's ``send`` once the middleware answered in its place.
 
@@ -95,7 +102,7 @@ class _Answered(Exception):
     """
 
 
-class HeaderFirstMiddleware:
+class HeaderFirstMiddleware(ResolverAttributes):
     """Send every late header of a request on its response, whatever the response class.
 
     Wrap any ASGI app (Starlette, FastAPI or bare) and every response class in it
@@ -151,9 +158,10 @@ class HeaderFirstMiddleware:
       to it, and so are ``late_headers()``/``add_late_headers()`` without a request. So is
       the code of a streamed body up to its first chunk, which still runs while the head
       is held (except context variables set in a sync endpoint's worker thread).
-    - The app's own head is passed on as the app built it (names of the headers it merges
-      with are compared case-insensitively); only the headers the middleware adds are its
-      to validate, and they were validated when added.
+    - A head the middleware adds nothing to is passed on as the app built it. One it adds
+      headers to keeps the app's own in their order, names lower-cased, so that a late
+      header replaces the app's header of the same name whatever its case; only the
+      headers the middleware adds are its to validate, and they were validated when added.
     - Error responses that Starlette's ``ServerErrorMiddleware`` (outside any
       ``add_middleware`` middleware) sends for an exception do not carry the late headers.
     - With ``expose_late_headers=True``, a request with an ``Origin`` header gets the
@@ -163,8 +171,9 @@ class HeaderFirstMiddleware:
       `CORSMiddleware`, to merge with the list that one sets; inside it, a
       ``CORSMiddleware(expose_headers=[...])`` replaces the merged list with its own.
       The middleware's own error responses (resolver failures) are not changed.
-    - A head the middleware changed is checked against ``max_header_value_size`` (the
-      values it adds) and ``max_head_size`` (the whole head); over a limit, the response
+    - A head the middleware changed is checked against ``max_header_value_size`` (each
+      value, the app's included) and ``max_head_size`` (the whole head); over a limit, the
+      response
       is a ``500`` without the late headers, logged naming the header and the limit. A
       head it did not change is passed on unchecked.
 
@@ -221,7 +230,7 @@ class HeaderFirstMiddleware:
     """
 
     max_header_value_size: int = DEFAULT_MAX_HEADER_VALUE_SIZE
-    """Bytes one added header value may hold; a longer one is an invalid header."""
+    """Bytes one value of a head the middleware changed may hold (the app's values too)."""
 
     max_head_size: int = DEFAULT_MAX_HEAD_SIZE
     """Bytes the headers of a head the middleware changed may hold (``name: value\\r\\n``)."""
@@ -235,14 +244,27 @@ class HeaderFirstMiddleware:
         on_resolver_error: ResolverErrorPolicy = "error",
         expose_late_headers: bool = False,
     ) -> None:
-        check_options(
-            "resolver", resolver, resolver_timeout, on_resolver_error, " taking the ASGI scope"
-        )
+        # Litestar, Quart and Falcon type their ASGI callables with narrower scopes and
+        # messages than Starlette's `ASGIApp`; the middleware takes any of them as it is.
         self.app: ASGIApp = app
-        self.resolver = resolver
-        self.resolver_timeout = resolver_timeout
-        self.on_resolver_error = on_resolver_error
+        self._resolver_options = ResolverOptions.checked(
+            option="resolver",
+            resolver=resolver,
+            timeout=resolver_timeout,
+            policy=on_resolver_error,
+            takes="the ASGI scope",
+        )
         self.expose_late_headers = expose_late_headers
+
+    _resolver_options: ResolverOptions[ScopeHeaderResolver]
+
+    @property
+    def resolver(self) -> ScopeHeaderResolver | None:
+        return self._resolver_options.resolver
+
+    @resolver.setter
+    def resolver(self, value: ScopeHeaderResolver | None) -> None:
+        self._resolver_options = self._resolver_options.replaced(resolver=value)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -251,154 +273,181 @@ class HeaderFirstMiddleware:
         store = late_headers(scope)
         token = CURRENT.set(store)
         try:
-            await self._exchange(scope, receive, send, store)
+            await _Responder(self, scope, receive, send, store).respond()
         finally:
             CURRENT.reset(token)
 
-    async def _exchange(
-        self, scope: Scope, receive: Receive, send: Send, store: LateHeaders
+
+class _Responder:
+    """One HTTP request through `HeaderFirstMiddleware`: the app's head, held, then released.
+
+    The app gets `receive_watching` and `send_holding` in place of the server's
+    ``receive`` and ``send``.
+    """
+
+    __slots__ = (
+        "answered",
+        "app_scope",
+        "disconnected",
+        "held",
+        "middleware",
+        "passthrough",
+        "receive",
+        "resolver_left",
+        "resolving",
+        "scope",
+        "send",
+        "store",
+    )
+
+    def __init__(
+        self,
+        middleware: HeaderFirstMiddleware,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        store: LateHeaders,
     ) -> None:
-        held: Message | None = None  # the app's start message, while it is held back
-        passthrough = False  # the head went out: pass everything on
-        answered = False  # the middleware answered with its own error response
-        disconnected = False  # the app received http.disconnect
+        self.middleware = middleware
+        self.scope = scope
+        self.receive = receive  # the server's
+        self.send = send  # the server's
+        self.store = store
+        # Response state.
+        self.held: Message | None = None  # the app's start message, once it sent it
+        self.passthrough = False  # the head went out: every message goes straight on
+        self.answered = False  # the middleware sent its own error response instead
+        # Client state.
+        self.disconnected = False  # the app received http.disconnect
+        # Resolver state (with a resolver only).
+        self.resolving: anyio.CancelScope | None = None  # while the resolver runs
+        self.resolver_left: anyio.Event | None = None  # set when the resolver's scope exits
         # With a resolver, the app runs in this scope, to be stopped after an error answer.
-        cancel_scope: anyio.CancelScope | None = None
-        app_running = True
-        resolving: anyio.CancelScope | None = None  # while the resolver runs
-        resolver_left: anyio.Event | None = None  # set when the resolver's scope exits
+        self.app_scope: anyio.CancelScope | None = None
 
-        async def receive_watching() -> Message:
-            nonlocal disconnected, resolver_left
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                disconnected = True
-                if resolving is not None:
-                    # The app may not cancel the task that holds the head (it may listen
-                    # elsewhere, or not cancel): cancel the resolver here. And hand the app
-                    # its disconnect only once the send that ran the resolver returned:
-                    # an app that cancels its streaming task then (Starlette's class does)
-                    # cancels it in its body iterator, which closes the iterator, instead
-                    # of in our send, which leaves the iterator to the garbage collector.
-                    resolver_left = anyio.Event()
-                    resolving.cancel()
-                    await resolver_left.wait()
-            return message
-
-        def send_holding(message: Message) -> Awaitable[None]:
-            # The per-chunk path: one branch. A plain function that returns the server's
-            # own awaitable, so that no coroutine of ours is created per chunk.
-            if passthrough:
-                return send(message)
-            return hold(message)
-
-        async def hold(message: Message) -> None:
-            nonlocal held
-            if answered:
-                # The response is complete, so whatever the app still sends must not go
-                # out: reached from a shielded clean-up in the cancelled app, or from an app
-                # that caught `_Answered` and sends on.
-                if cancel_scope is None:
-                    raise _Answered
-                await anyio.lowlevel.checkpoint()
-                return
-            if disconnected:
-                # The client left before the head went out: nothing more goes out. As a
-                # server does: dropped below spec 2.4, OSError from spec 2.4 on.
-                if spec_at_least_2_4(scope):
-                    raise OSError(
-                        "the client disconnected before the response head was sent "
-                        "(the app received http.disconnect); stop sending"
-                    )
-                # No checkpoint, as servers drop it: an app that cancels its streaming task
-                # on the disconnect cancels it in its body iterator, which closes it.
-                return
-            if held is None:
-                if message["type"] == "http.response.start":
-                    held = message
-                    return
-                # Not a response message of ours (e.g. http.response.debug before the
-                # start, or an app's protocol error, which the server reports).
-                await send(message)
-                return
-            await release(held, message)
-
-        async def release(start: Message, message: Message) -> None:
-            nonlocal passthrough, answered, resolving
-            if self.resolver is None:
-                head, error_body = await self._head(scope, start, store)
-            else:
-                try:
-                    with anyio.CancelScope() as resolving:
-                        head, error_body = await self._head(scope, start, store)
-                finally:
-                    resolving = None
-                    if resolver_left is not None:
-                        resolver_left.set()
-                if disconnected:
-                    # Cancelled by `receive_watching`, or the resolver ended without
-                    # noticing (a worker thread): either way no head goes out.
-                    return
-            if error_body is None:
-                passthrough = True
-                await send(head)
-                await send(message)
-                return
-            answered = True
-            await send(head)
-            await send({"type": "http.response.body", "body": error_body, "more_body": False})
-            # The response is complete: stop the app instead of letting it stream into
-            # nothing.
-            if cancel_scope is not None:
-                cancel_scope.cancel()
-                await anyio.lowlevel.checkpoint()
-            elif app_running:
-                raise _Answered  # caught below
-
-        if self.resolver is None:
+    async def respond(self) -> None:
+        app, scope = self.middleware.app, self.scope
+        if self.middleware.resolver is None:
             try:
-                await self.app(scope, receive_watching, send_holding)
+                await app(scope, self.receive_watching, self.send_holding)
             except _Answered:
                 pass
             except BaseExceptionGroup as group:  # an app that sends from a task group
                 rest = group.split(_Answered)[1]
                 if rest is not None:
                     raise
-            app_running = False
         else:
-            with anyio.CancelScope() as cancel_scope:
-                await self.app(scope, receive_watching, send_holding)
-        if held is not None and not passthrough and not answered and not disconnected:
+            with anyio.CancelScope() as self.app_scope:
+                await app(scope, self.receive_watching, self.send_holding)
+        if self.held is not None and not (self.passthrough or self.answered or self.disconnected):
             # The app sent its head and returned without a body message.
-            await release(held, {"type": "http.response.body", "body": b"", "more_body": False})
+            await self.release(self.held, _last_body(b""))
 
-    async def _head(
-        self, scope: Scope, start: Message, store: LateHeaders
-    ) -> tuple[Message, bytes | None]:
-        """Return the head to send and, for an error response, its body."""
-        resolved: RawHeaders = []
-        failure: ResolverFailed | None = None
-        resolver = self.resolver
-        if resolver is not None:
-            try:
-                resolved = await resolve(
-                    lambda: resolver(scope),
-                    self.resolver_timeout,
-                    self.on_resolver_error,
-                    scope.get("path", ""),
-                    self.max_header_value_size,
-                    self.max_head_size,
+    async def receive_watching(self) -> Message:
+        message = await self.receive()
+        if message["type"] == "http.disconnect":
+            self.disconnected = True
+            if self.resolving is not None:
+                # The app may not cancel the task that holds the head (it may listen
+                # elsewhere, or not cancel): cancel the resolver here. And hand the app its
+                # disconnect only once the send that ran the resolver returned: an app that
+                # cancels its streaming task then (Starlette's class does) cancels it in its
+                # body iterator, which closes the iterator, instead of in our send, which
+                # leaves the iterator to the garbage collector.
+                self.resolver_left = anyio.Event()
+                self.resolving.cancel()
+                await self.resolver_left.wait()
+        return message
+
+    def send_holding(self, message: Message) -> Awaitable[None]:
+        # The per-chunk path: one branch. A plain method that returns the server's own
+        # awaitable, so that no coroutine of ours is created per chunk.
+        if self.passthrough:
+            return self.send(message)
+        return self.hold(message)
+
+    async def hold(self, message: Message) -> None:
+        if self.answered:
+            # The response is complete, so whatever the app still sends must not go out:
+            # reached from a shielded clean-up in the cancelled app, or from an app that
+            # caught `_Answered` and sends on.
+            await self.stop_app()
+            return
+        if self.disconnected:
+            # The client left before the head went out: nothing more goes out. As a server
+            # does: dropped below spec 2.4, OSError from spec 2.4 on.
+            if spec_at_least_2_4(self.scope):
+                raise OSError(
+                    "the client disconnected before the response head was sent "
+                    "(the app received http.disconnect); stop sending"
                 )
-            except ResolverFailed as exc:
-                failure = exc
+            # No checkpoint, as servers drop it: an app that cancels its streaming task on
+            # the disconnect cancels it in its body iterator, which closes it.
+            return
+        if self.held is None:
+            if message["type"] == "http.response.start":
+                self.held = message
+                return
+            # Not a response message of ours (e.g. http.response.debug before the start,
+            # or an app's protocol error, which the server reports).
+            await self.send(message)
+            return
+        await self.release(self.held, message)
+        if self.answered:
+            await self.stop_app()
+
+    async def stop_app(self) -> None:
+        # The response is complete: stop the app instead of letting it stream into nothing.
+        if self.app_scope is None:
+            raise _Answered  # caught in `respond`
+        self.app_scope.cancel()
+        await anyio.lowlevel.checkpoint()
+
+    async def release(self, start: Message, message: Message) -> None:
+        """Send the head with the late headers, then ``message``; or an error response."""
+        if self.middleware.resolver is None:
+            prepared: tuple[Message, bytes | None] | None = await self.head(start)
+        else:
+            prepared = None
+            try:
+                with anyio.CancelScope() as self.resolving:
+                    prepared = await self.head(start)
+            finally:
+                self.resolving = None
+                if self.resolver_left is not None:
+                    self.resolver_left.set()
+        if prepared is None or self.disconnected:
+            # Cancelled by `receive_watching`, or the resolver ended without noticing (a
+            # worker thread): either way no head goes out.
+            return
+        head, error_body = prepared
+        if error_body is None:
+            self.passthrough = True
+            await self.send(head)
+            await self.send(message)
+            return
+        self.answered = True
+        await self.send(head)
+        await self.send(_last_body(error_body))
+
+    async def head(self, start: Message) -> tuple[Message, bytes | None]:
+        """Return the head to send and, for an error response, its body."""
+        middleware, scope, store = self.middleware, self.scope, self.store
+        try:
+            resolved = await middleware._resolver_options.run(
+                scope,
+                path=scope.get("path", ""),
+                max_value=middleware.max_header_value_size,
+                max_head=middleware.max_head_size,
+            )
+        except ResolverFailed as failure:
+            return self.error(failure.status, failure.reason, store.take())
         # Taken only now, so that headers added while the resolver ran (by it, or by
         # another task of the request) still go out.
         already_in_head = store.sent
         late = store.take()
-        if failure is not None:
-            return self._error(failure.status, failure.reason, late, scope)
         exposed: list[bytes] = []
-        if self.expose_late_headers and _is_cors(scope):
+        if middleware.expose_late_headers and _is_cors(scope):
             # Those an inner HeaderFirstStreamingResponse's resolver sent are late too.
             exposed = [name for name, _ in (*late, *store._resolved, *resolved)]
         if already_in_head:
@@ -412,20 +461,19 @@ class HeaderFirstMiddleware:
         if exposed:
             headers = _with_exposed(headers, exposed)
         try:
-            check_head_size(headers, self.max_header_value_size, self.max_head_size)
+            check_head_size(headers, middleware.max_header_value_size, middleware.max_head_size)
         except HeaderValidationError:
             logger.exception("response head too large for %s", scope.get("path", ""))
-            return self._error(500, "Internal Server Error", [], scope)
+            return self.error(500, "Internal Server Error", [])
         return {**start, "headers": headers}, None
 
-    def _error(
-        self, status: int, reason: str, late: RawHeaders, scope: Scope
-    ) -> tuple[Message, bytes]:
+    def error(self, status: int, reason: str, late: RawHeaders) -> tuple[Message, bytes]:
+        middleware = self.middleware
         headers, body = plain_error(reason, late)
         try:
-            check_head_size(headers, self.max_header_value_size, self.max_head_size)
+            check_head_size(headers, middleware.max_header_value_size, middleware.max_head_size)
         except HeaderValidationError:
-            logger.exception("response head too large for %s", scope.get("path", ""))
+            logger.exception("response head too large for %s", self.scope.get("path", ""))
             headers, body = plain_error("Internal Server Error", [])
             status = 500
         return {"type": "http.response.start", "status": status, "headers": headers}, body

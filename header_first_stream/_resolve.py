@@ -1,5 +1,9 @@
 """Running a header resolver, shared by `HeaderFirstStreamingResponse` and the middleware.
 
+`ResolverOptions` holds a resolver with its timeout and failure policy, validated once
+when a response or the middleware is built; its `ResolverOptions.run` calls `resolve`.
+`ResolverAttributes` reads the timeout and the policy back as public attributes.
+
 Invariants, enforced in `resolve`:
 
 1. A resolver's outcome is one of three, decided here and nowhere else: its validated
@@ -15,6 +19,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import anyio
 
@@ -29,8 +35,9 @@ from ._watch import cancel_requested
 
 __all__ = [
     "ResolverCancelledError",
+    "ResolverAttributes",
     "ResolverFailed",
-    "check_options",
+    "ResolverOptions",
     "resolve",
 ]
 
@@ -53,18 +60,119 @@ class ResolverCancelledError(RuntimeError):
     """The resolver raised ``CancelledError`` while its request was not cancelled."""
 
 
-def check_options(
-    name: str, resolver: object, timeout: float | None, policy: str, takes: str
-) -> None:
-    """Raise TypeError/ValueError naming the option that is out of range."""
-    if resolver is not None and not callable(resolver):
-        raise TypeError(f"{name} must be an async callable{takes}, got {type(resolver).__name__}")
-    if timeout is not None and not timeout > 0:
-        raise ValueError(
-            f"resolver_timeout must be a positive number of seconds or None, got {timeout!r}"
+R = TypeVar("R", bound=Callable[..., Awaitable[HeaderSource]])
+
+
+@dataclass(frozen=True, slots=True)
+class ResolverOptions(Generic[R]):
+    """A header resolver (``None``: none) with its timeout and failure policy.
+
+    Built by `checked`, once per response or middleware; read by the public attributes
+    that name the options as the caller gave them.
+    """
+
+    resolver: R | None
+    timeout: float | None  # seconds; None waits as long as it takes
+    policy: ResolverErrorPolicy
+    # For the error messages of `replaced`: the resolver argument's name, what it takes.
+    option: str = field(default="header_resolver", compare=False)
+    takes: str | None = field(default=None, compare=False)
+
+    @classmethod
+    def checked(
+        cls,
+        *,
+        option: str,
+        resolver: R | None,
+        timeout: float | None,
+        policy: ResolverErrorPolicy,
+        takes: str | None = None,
+    ) -> ResolverOptions[R]:
+        """Validate the options as given.
+
+        Args:
+            option: The resolver argument's name, for the error message.
+            resolver: The resolver, or ``None``.
+            timeout: ``resolver_timeout``.
+            policy: ``on_resolver_error``.
+            takes: What the resolver is called with, for the error message (``None``:
+                not said).
+
+        Raises:
+            TypeError: ``resolver`` is not callable.
+            ValueError: ``timeout`` or ``policy`` is out of range.
+        """
+        if resolver is not None and not callable(resolver):
+            taking = "" if takes is None else f" taking {takes}"
+            raise TypeError(
+                f"{option} must be an async callable{taking}, got {type(resolver).__name__}"
+            )
+        if timeout is not None and not timeout > 0:
+            raise ValueError(
+                f"resolver_timeout must be a positive number of seconds or None, got {timeout!r}"
+            )
+        if policy not in ("error", "degrade"):
+            raise ValueError(f"on_resolver_error must be 'error' or 'degrade', got {policy!r}")
+        return cls(resolver, timeout, policy, option, takes)
+
+    def replaced(self, **changes: Any) -> ResolverOptions[R]:
+        """These options with ``changes`` (``resolver``, ``timeout``, ``policy``), validated."""
+        options = {"resolver": self.resolver, "timeout": self.timeout, "policy": self.policy}
+        return self.checked(option=self.option, takes=self.takes, **{**options, **changes})
+
+    async def run(
+        self,
+        *args: Any,
+        path: str,
+        max_value: int,
+        max_head: int,
+    ) -> RawHeaders:
+        """`resolve` the resolver called with ``args``; without a resolver, no headers.
+
+        ``path`` names the request in the log; the rest is passed to `resolve`.
+
+        Raises:
+            ResolverFailed: As `resolve` raises it.
+        """
+        resolver = self.resolver
+        if resolver is None:
+            return []
+        return await resolve(
+            lambda: resolver(*args),
+            self.timeout,
+            self.policy,
+            path,
+            max_value,
+            max_head,
         )
-    if policy not in ("error", "degrade"):
-        raise ValueError(f"on_resolver_error must be 'error' or 'degrade', got {policy!r}")
+
+
+class ResolverAttributes:
+    """Base of the classes that run a resolver: its timeout and policy, as attributes.
+
+    Assigning one validates it again, with the constructor's errors.
+
+    Each class sets ``_resolver_options`` in ``__init__`` and names the resolver itself
+    (``header_resolver`` on the responses, ``resolver`` on the middleware).
+    """
+
+    _resolver_options: ResolverOptions[Any]
+
+    @property
+    def resolver_timeout(self) -> float | None:
+        return self._resolver_options.timeout
+
+    @resolver_timeout.setter
+    def resolver_timeout(self, value: float | None) -> None:
+        self._resolver_options = self._resolver_options.replaced(timeout=value)
+
+    @property
+    def on_resolver_error(self) -> ResolverErrorPolicy:
+        return self._resolver_options.policy
+
+    @on_resolver_error.setter
+    def on_resolver_error(self, value: ResolverErrorPolicy) -> None:
+        self._resolver_options = self._resolver_options.replaced(policy=value)
 
 
 async def resolve(

@@ -74,9 +74,9 @@ from ._headers import (
 )
 from ._late import take_late_headers
 from ._resolve import (
+    ResolverAttributes,
     ResolverFailed,
-    check_options,
-    resolve,
+    ResolverOptions,
 )
 from ._shutdown import (
     POLL_INTERVAL,
@@ -163,7 +163,7 @@ def _error(status: int, reason: str, late: RawHeaders) -> _Prepared:
     return _Prepared(_start(status, headers), error_body=body)
 
 
-class HeaderFirstStreamingResponse(StreamingResponse):
+class HeaderFirstStreamingResponse(StreamingResponse, ResolverAttributes):
     """A `StreamingResponse` that sends its head only once its late headers are known.
 
     A drop-in replacement for `starlette.responses.StreamingResponse` (same positional
@@ -267,7 +267,12 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         shutdown_event: anyio.Event | None = None,
         shutdown_grace_period: float = 0,
     ) -> None:
-        check_options("header_resolver", header_resolver, resolver_timeout, on_resolver_error, "")
+        self._resolver_options = ResolverOptions.checked(
+            option="header_resolver",
+            resolver=header_resolver,
+            timeout=resolver_timeout,
+            policy=on_resolver_error,
+        )
         if early_error_handler is not None and not callable(early_error_handler):
             raise TypeError(
                 "early_error_handler must be a callable taking the exception, "
@@ -290,9 +295,6 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         # Starlette wraps a sync iterable in a thread-pool async generator; closing that
         # wrapper does not close the iterable itself, so keep it to close it too.
         self._sync_content: object = None if self.body_iterator is content else content
-        self.header_resolver = header_resolver
-        self.resolver_timeout = resolver_timeout
-        self.on_resolver_error: ResolverErrorPolicy = on_resolver_error
         self.peek_first_chunk = peek_first_chunk
         self.early_error_handler = early_error_handler
         self.end_on_shutdown = end_on_shutdown
@@ -531,17 +533,23 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         headers = merge_headers(merge_headers(list(own), late), resolved)
         return _Prepared(_start(status, headers))
 
+    _resolver_options: ResolverOptions[HeaderResolver | ChunkHeaderResolver]
+
+    @property
+    def header_resolver(self) -> HeaderResolver | ChunkHeaderResolver | None:
+        return self._resolver_options.resolver
+
+    @header_resolver.setter
+    def header_resolver(self, value: HeaderResolver | ChunkHeaderResolver | None) -> None:
+        self._resolver_options = self._resolver_options.replaced(resolver=value)
+
     async def _resolve(self, scope: Scope, first: Any) -> RawHeaders:
-        # Called only with a resolver; which of the two signatures depends on the peek.
-        resolver: Any = self.header_resolver
-        call: Any = (lambda: resolver(first)) if self.peek_first_chunk else resolver
-        return await resolve(
-            call,
-            self.resolver_timeout,
-            self.on_resolver_error,
-            scope.get("path", ""),
-            self.max_header_value_size,
-            self.max_head_size,
+        # Which of the two signatures the resolver has depends on the peek.
+        return await self._resolver_options.run(
+            *((first,) if self.peek_first_chunk else ()),
+            path=scope.get("path", ""),
+            max_value=self.max_header_value_size,
+            max_head=self.max_head_size,
         )
 
     def _early_error(self, scope: Scope, exc: Exception, late: RawHeaders) -> _Prepared:

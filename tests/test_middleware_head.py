@@ -52,6 +52,30 @@ def test_rejects_an_unknown_resolver_error_policy() -> None:
         HeaderFirstMiddleware(_noop_app, on_resolver_error="ignore")  # type: ignore[arg-type]
 
 
+async def _resolver(scope: Scope) -> dict[str, str]:
+    return {}  # pragma: no cover
+
+
+def test_resolver_options_read_back_as_given_and_are_validated_when_assigned() -> None:
+    middleware = HeaderFirstMiddleware(
+        _noop_app, resolver=_resolver, resolver_timeout=2.5, on_resolver_error="degrade"
+    )
+    options = (middleware.resolver, middleware.resolver_timeout, middleware.on_resolver_error)
+    assert options == (_resolver, 2.5, "degrade")
+    default = HeaderFirstMiddleware(_noop_app)
+    assert (default.resolver, default.resolver_timeout, default.on_resolver_error) == (
+        None,
+        None,
+        "error",
+    )
+    middleware.resolver = None
+    assert middleware.resolver is None
+    with pytest.raises(
+        TypeError, match=r"^resolver must be an async callable taking the ASGI scope, got int$"
+    ):
+        middleware.resolver = 1  # type: ignore[assignment]
+
+
 # --- scopes it does not touch -------------------------------------------------------------
 
 

@@ -15,7 +15,11 @@ import pytest
 from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
 
-from header_first_stream import HeaderFirstStreamingResponse, late_headers
+from header_first_stream import (
+    HeaderFirstEventSourceResponse,
+    HeaderFirstStreamingResponse,
+    late_headers,
+)
 
 from ._asgi import (
     END,
@@ -379,6 +383,45 @@ def test_constructor_rejects_bad_options(
     with pytest.raises(error) as info:
         HeaderFirstStreamingResponse(iter([b"x"]), **options)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("cls", [HeaderFirstStreamingResponse, HeaderFirstEventSourceResponse])
+def test_resolver_options_read_back_as_given_and_are_validated_when_assigned(
+    cls: type[HeaderFirstStreamingResponse],
+) -> None:
+    resolver = resolver_of({"x-late": "1"})
+    response = cls(
+        iter([]), header_resolver=resolver, resolver_timeout=2.5, on_resolver_error="degrade"
+    )
+    assert (response.header_resolver, response.resolver_timeout, response.on_resolver_error) == (
+        resolver,
+        2.5,
+        "degrade",
+    )
+    default = cls(iter([]))
+    assert (default.header_resolver, default.resolver_timeout, default.on_resolver_error) == (
+        None,
+        None,
+        "error",
+    )
+    other = resolver_of({})
+    response.header_resolver, response.resolver_timeout, response.on_resolver_error = (
+        other,
+        1,
+        "error",
+    )
+    assert (response.header_resolver, response.resolver_timeout, response.on_resolver_error) == (
+        other,
+        1,
+        "error",
+    )
+    with pytest.raises(ValueError, match=r"^resolver_timeout must be a positive number"):
+        response.resolver_timeout = 0
+    with pytest.raises(ValueError, match=r"^on_resolver_error must be 'error' or 'degrade'"):
+        response.on_resolver_error = "ignore"  # type: ignore[assignment]
+    with pytest.raises(TypeError, match=r"^header_resolver must be an async callable, got str$"):
+        response.header_resolver = "x"  # type: ignore[assignment]
+    assert response.resolver_timeout == 1  # a refused value changes nothing
 
 
 def test_constructor_keeps_starlette_positional_order() -> None:
