@@ -158,6 +158,9 @@ async def test_cancel_requested_sees_a_cancelled_scope() -> None:
         assert not cancel_requested()
         scope.cancel()
         assert cancel_requested()
+        await anyio.lowlevel.checkpoint()  # where the cancellation lands
+    assert scope.cancelled_caught
+    assert not cancel_requested()
 
 
 async def test_run_watched_runs_the_work_with_side_tasks_ended_after_it() -> None:
