@@ -12,15 +12,16 @@ Invariants, enforced in `__call__`, `_respond` and `_prepare` below:
    character reaches the server, whatever the server itself checks.
 4. The body iterator is closed when the response ends for any reason: finished, raised,
    client disconnected, cancelled, HEAD, or an error response sent instead.
-5. One task prepares the head, pulls every chunk and closes the iterator (a child task of
-   the response's task group while a listener runs beside it, as in Starlette; else the
-   request's own), so a generator that holds a context variable across its yields (a
-   tracing span) sees one task and one context from its first chunk to its ``finally``;
-   one that holds a cancel scope (a deadline) works when it runs to its end, but, as anyio
-   and trio document for async generators, not when it is closed early.
-6. One signal says "stop": the cancellation of the response's task group, by the
-   disconnect listener (the client left), by the server-exit watcher, or from outside.
-   No head is sent once it was given, even if the resolver ended without noticing.
+5. One task prepares the head, pulls every chunk and closes the iterator: the request's
+   own, while the listener runs beside it (`_watch.py`), so a generator that holds a
+   context variable across its yields (a tracing span) sees one task and one context from
+   its first chunk to its ``finally``; one that holds a cancel scope (a deadline) works
+   when it runs to its end, but, as anyio and trio document for async generators, not
+   when it is closed early.
+6. One signal says "stop": the watch's (`Watch.stop`, or `Stopped` from `first_of`), given
+   by the disconnect listener (the client left) or the server-exit watcher; a
+   cancellation from outside propagates. No head is sent once it was given, even if the
+   resolver ended without noticing.
 7. No message object and no headers list this class sends is shared with another
    response: any middleware may change what it is given.
 
@@ -326,8 +327,8 @@ class HeaderFirstStreamingResponse(StreamingResponse, ResolverAttributes):
                         await self._respond_beside_listener(scope, receive, send, until_head=False)
                     elif self.peek_first_chunk or self._own_stream_response:
                         # The body is entered before the head: it is also streamed and
-                        # closed beside the listener, in one task group (a generator that
-                        # holds a cancel scope across its yields needs that).
+                        # closed inside the watch (a generator that holds a cancel scope
+                        # across its yields needs that, on trio).
                         await self._respond_beside_listener(scope, receive, send, until_head=True)
                     elif self.header_resolver is not None:
                         await self._respond_after_listening(scope, receive, send)

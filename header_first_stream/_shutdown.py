@@ -9,7 +9,7 @@ Invariants:
 1. Nothing is process-global or patched: the waiting state lives in an anyio `RunVar`, one
    per event loop, and the sources below are only read.
 2. However many streams watch, one task per event loop polls (every `POLL_INTERVAL`
-   seconds), started in the task group of a watching stream; a stream adds no task of its
+   seconds), started beside a watching stream (its `Watch`); a stream adds no task of its
    own, only a callback. When the polling task's stream ends, the polling moves to the
    group of a stream still watching.
 
@@ -58,7 +58,7 @@ class _Watchers:
         self.exiting = False  # begin_shutdown() was called in this event loop
         self.noticed = False  # the exit was noticed and every stream told
         self.polling: anyio.CancelScope | None = None  # the polling task's sleep
-        # Each watching stream's callback, and the task group the polling may run in.
+        # Each watching stream's callback, and the watch the polling may run beside.
         self.watching: dict[Callable[[], None], Watch] = {}
 
     def start_polling(self, candidates: Iterable[Watch]) -> None:
@@ -133,7 +133,7 @@ def begin_shutdown() -> None:
 def watch_server_exit(group: Watch, on_exit: Callable[[], None]) -> Callable[[], None]:
     """Call ``on_exit`` once the server exits; return the call that stops watching.
 
-    ``group`` is the watching stream's task group, where the polling task may run; stop
+    ``group`` is the watching stream's `Watch`, beside which the polling task may run; stop
     watching before that group ends. Costs no task per stream (invariant 2), and starts
     no polling: the stream calls `keep_polling` once it has lived `POLL_INTERVAL` (most
     responses end before a poll would matter, and a polling task started and cancelled per

@@ -344,3 +344,30 @@ async def test_begin_shutdown_wakes_a_polling_task_at_once() -> None:
         begin_shutdown()
         await wait_until(lambda: bool(log), 1)
     assert anyio.current_time() - began < POLL_INTERVAL / 2  # not a poll later
+
+
+class _FakeWatch:
+    """A `Watch` that records what is started beside it."""
+
+    def __init__(self, stopped: bool) -> None:
+        self.stopped = stopped
+        self.started: list[str] = []
+
+    def start_soon(self, fn: Any, *args: object) -> None:
+        self.started.append(fn.__name__)
+        args[0].cancel()  # type: ignore[attr-defined]  # the poll's scope: never runs here
+
+    def stop(self) -> None:  # not called by the polling
+        self.stopped = True
+
+
+async def test_the_polling_skips_a_stream_that_is_being_stopped() -> None:
+    # A stream whose client just left may still be registered for a moment: a task
+    # started beside it would end at once and hand the polling straight back.
+    from header_first_stream._shutdown import _Watchers
+
+    stopping, open_ = _FakeWatch(stopped=True), _FakeWatch(stopped=False)
+    watchers = _Watchers()
+    watchers.start_polling([stopping, open_])
+    assert (stopping.started, open_.started) == ([], ["_poll"])
+    assert watchers.polling is not None
