@@ -17,7 +17,8 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from examples.gateway.demo import PROBES, Running, create_key, ratelimit_headers, running, serve
+from examples.gateway.demo import Running, running, serve
+from examples.gateway.probes import PROBES, create_key, ratelimit_headers
 from examples.gateway.upstream import OVERLOADED_HEADERS, OVERLOADED_MODEL, create_upstream_app
 from header_first_stream import HeaderFirstStreamingResponse
 
