@@ -16,9 +16,10 @@ import functools
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from examples.serving import (
@@ -41,6 +42,9 @@ TRIO_SERVERS = ["hypercorn-trio"]
 
 GRANIAN = "granian"
 """Granian, the Rust server (embedded, on asyncio; it does not run apps on trio)."""
+
+H2C_SERVERS = ["hypercorn", "hypercorn-trio"]
+"""The servers that speak HTTP/2 with prior knowledge (h2c) too."""
 
 HEAD_WITH_FIRST_CHUNK = frozenset({GRANIAN})
 """Servers that send a response's head only together with its first body message (the
@@ -227,3 +231,16 @@ def serve(app: ASGIApp, server: str, **config: Any) -> Iterator[str]:
             yield url
     finally:
         sock.close()  # a no-op once hypercorn detached it
+
+
+def served(app: ASGIApp, servers: Sequence[str]) -> Any:
+    """A module-scoped fixture: ``app`` served by each of ``servers`` in turn (started once
+    per server for the module); its value is the base URL. Name it by assigning it, e.g.
+    ``http1 = served(APP, SERVERS)``."""
+
+    @pytest.fixture(scope="module", params=list(servers))
+    def fixture(request: pytest.FixtureRequest) -> Iterator[str]:
+        with serve(app, request.param) as base:
+            yield base
+
+    return fixture
