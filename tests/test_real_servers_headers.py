@@ -15,7 +15,7 @@ import logging
 import shutil
 import subprocess
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import anyio.to_thread
@@ -105,13 +105,20 @@ class LateHeaderApp:
         assert self.events[5:] == ["gate passed"]
 
 
-def test_late_headers_reach_httpx_before_the_body(server: str) -> None:
-    probe = LateHeaderApp.behind(server)
+@contextlib.contextmanager
+def _streamed_to_httpx(probe: LateHeaderApp, server: str) -> Iterator[httpx.Response]:
+    """``probe`` served by ``server``; its response as httpx streams it."""
     with (
         serve(_app(_route("/", probe.endpoint)), server) as url,
         httpx.Client(timeout=WAIT) as client,
         client.stream("GET", url + "/") as response,
     ):
+        yield response
+
+
+def test_late_headers_reach_httpx_before_the_body(server: str) -> None:
+    probe = LateHeaderApp.behind(server)
+    with _streamed_to_httpx(probe, server) as response:
         assert response.status_code == 200
         assert response.headers["x-ratelimit-limit-requests"] == "100"
         assert response.headers["x-ratelimit-remaining-requests"] == "99"
@@ -143,11 +150,7 @@ def test_late_headers_are_exact_lines_of_the_head_on_the_wire(server: str) -> No
 
 def test_the_first_chunk_reaches_httpx_while_the_second_is_held(server: str) -> None:
     probe = LateHeaderApp(gate_first=False)
-    with (
-        serve(_app(_route("/", probe.endpoint)), server) as url,
-        httpx.Client(timeout=WAIT) as client,
-        client.stream("GET", url + "/") as response,
-    ):
+    with _streamed_to_httpx(probe, server) as response:
         assert response.status_code == 200
         assert response.headers["x-ratelimit-remaining-requests"] == "99"
         parts = response.iter_raw()
