@@ -40,19 +40,20 @@ def _rate(value: float) -> str:
     return "–" if math.isnan(value) else f"{value:,.0f}"
 
 
+def _per_spec_head(*columns: str) -> list[str]:
+    """A table's head: the variant, then ``columns`` for each ASGI spec (the first one
+    named with its spec)."""
+    cells = " | ".join(" | ".join([f"spec {spec}: {columns[0]}", *columns[1:]]) for spec in SPECS)
+    return [f"| variant | {cells} |", "|---|" + "---:|" * len(columns) * len(SPECS)]
+
+
 def _inprocess_tables(samples: inprocess.Samples, variants: Sequence[Variant]) -> list[str]:
     lines: list[str] = []
     counts = samples.counts
     for backend in samples.backends:
         for measure, unit in ((PER_CHUNK, "chunk"), (PER_RESPONSE, "response")):
-            lines += [
-                f"### {backend}, per {unit}",
-                "",
-                "| variant | "
-                + " | ".join(f"spec {spec}: per {unit} | ×raw ASGI | ×Starlette" for spec in SPECS)
-                + " |",
-                "|---|" + "---:|---:|---:|" * len(SPECS),
-            ]
+            lines += [f"### {backend}, per {unit}", ""]
+            lines += _per_spec_head(f"per {unit}", "×raw ASGI", "×Starlette")
             for variant in variants:
                 if not variant.available:
                     cells = [f"not available: {variant.missing}", "", ""] * len(SPECS)
@@ -125,10 +126,7 @@ def _memory_table(results: memory.Results, variants: Sequence[Variant]) -> list[
         "one fresh subprocess per variant and ASGI path (asyncio), RSS difference per "
         f"stream; median of {counts.rounds} run(s).",
         "",
-        "| variant | "
-        + " | ".join(f"spec {spec}: per stream | ×Starlette" for spec in SPECS)
-        + " |",
-        "|---|" + "---:|---:|" * len(SPECS),
+        *_per_spec_head("per stream", "×Starlette"),
     ]
     for variant in variants:
         if not variant.available:
