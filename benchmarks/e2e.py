@@ -18,8 +18,10 @@ uvicorn gives ``spec_version`` 2.3, so every variant runs with a disconnect list
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import select
+import signal
 import socket
 import statistics
 import subprocess
@@ -34,6 +36,7 @@ import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from examples.serving import bound_socket, uvicorn_on
 from header_first_stream import HeaderFirstStreamingResponse
 
 from ._apps import CHUNK, HEADERS, find_public, upstream_chunks
@@ -162,24 +165,16 @@ def _server_app() -> ASGIApp:
 
 
 def serve() -> None:
-    """Run the server on an ephemeral port; print the port, then serve until killed."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(1024)
-    config = uvicorn.Config(
-        _server_app(),
-        http="httptools",
-        loop="asyncio",
-        lifespan="off",
-        log_level="warning",
-        access_log=False,
-        backlog=1024,
-    )
-    print(sock.getsockname()[1], flush=True)
-    uvicorn.Server(config).run(sockets=[sock])
+    """Run the server on an ephemeral port; print the port, then serve until SIGTERM or SIGINT."""
+    # Blocked here, so in uvicorn's thread too: `sigwait` below takes them, and the server
+    # shuts down as it would on its own handlers.
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    sock = bound_socket(backlog=1024)
+    config = {"http": "httptools", "loop": "asyncio", "lifespan": "off", "access_log": False}
+    with contextlib.closing(sock), uvicorn_on(_server_app(), sock, backlog=1024, **config):
+        print(sock.getsockname()[1], flush=True)
+        signal.sigwait(stop_signals)
 
 
 class _Server:

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope
 
 from header_first_stream._late import CURRENT
+from header_first_stream._types import HeaderSource
 
 
 def http_scope(
@@ -271,6 +272,30 @@ def resolver_of(headers: Any, *, waits: bool = False) -> Any:
         return headers
 
     return resolver
+
+
+async def stale_cancellation() -> BaseException:
+    """A cancellation caught in a cancel scope that has exited since: no longer anyone's."""
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        try:
+            await anyio.lowlevel.checkpoint()
+        except anyio.get_cancelled_exc_class() as exc:
+            caught = exc
+            raise
+    assert scope.cancelled_caught
+    return caught
+
+
+async def stray_cancellation(*args: object) -> HeaderSource:
+    """A header resolver that raises a stray cancellation (`stale_cancellation`)."""
+    raise await stale_cancellation()
+
+
+async def hanging_resolver(*args: object) -> HeaderSource:
+    """A header resolver (of a response or the middleware) that never returns."""
+    await anyio.sleep_forever()
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def words(*items: bytes) -> AsyncIterator[bytes]:

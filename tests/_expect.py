@@ -3,6 +3,9 @@ the package sends, and its log records."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from starlette.types import Message
 
@@ -14,6 +17,16 @@ head is held back (2.4)."""
 
 WAIT = 5.0
 """Upper bound, in seconds, for anything a test waits for across threads or sockets."""
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (60 s at most); assert that it exited with 0."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
 
 # --- what the package sends -----------------------------------------------------------
 

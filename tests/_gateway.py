@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from examples.gateway.demo import HEADER_NAMES
+from examples.gateway.probes import HEADER_NAMES
 
 TIMEOUT = 10.0
 

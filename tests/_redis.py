@@ -15,6 +15,8 @@ import subprocess
 import time
 from collections.abc import Iterator
 
+from examples.serving import free_port
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 STARTUP_TIMEOUT = 10.0
 SHUTDOWN_TIMEOUT = 10.0
@@ -82,13 +84,6 @@ class RedisServer:
         """Let a paused server carry on where it stopped, with its data."""
         assert self._process is not None
         os.kill(self._process.pid, signal.SIGCONT)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager

@@ -6,8 +6,6 @@ Direct ASGI calls (tier 1) record what is sent, on asyncio and trio.
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,6 +24,7 @@ from header_first_stream import (
 )
 
 from ._asgi import call, http_scope
+from ._expect import run_python
 
 pytestmark = pytest.mark.anyio
 
@@ -126,10 +125,7 @@ def test_without_middleware_it_warns_once_per_process_saying_what_to_install() -
         "results = [add_late_headers({'x-a': 1}) for _ in range(3)]\n"
         "assert results == [False, False, False], results\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_python(script)
     assert result.stderr.splitlines() == [
         "WARNING header_first_stream add_late_headers() was called outside a request handled "
         "by HeaderFirstMiddleware, so its headers are not sent (logged once per process); "

@@ -8,7 +8,7 @@ headers or in the response its `early_error_handler` returned.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from starlette.applications import Starlette
@@ -19,7 +19,7 @@ from starlette.routing import Route
 from header_first_stream import HeaderFirstStreamingResponse, late_headers
 
 from ._raw_http import http1_get
-from ._servers import SERVERS, TRIO_SERVERS, serve
+from ._servers import SERVERS, TRIO_SERVERS, served
 
 SERVER_OWN = (b"date", b"server", b"connection")
 """Lines a server adds itself (``connection: close`` answers the request's)."""
@@ -85,10 +85,7 @@ APP = Starlette(
 )
 
 
-@pytest.fixture(scope="module", params=[*SERVERS, *TRIO_SERVERS])
-def url(request: pytest.FixtureRequest) -> Iterator[str]:
-    with serve(APP, request.param) as base:
-        yield base
+url = served(APP, [*SERVERS, *TRIO_SERVERS])
 
 
 @pytest.mark.parametrize("case", sorted(EARLY_ERROR_FRAMINGS))

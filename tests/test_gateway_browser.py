@@ -20,10 +20,11 @@ from typing import Any
 
 import pytest
 
-from examples.gateway.demo import create_key, running, serve
+from examples.gateway.demo import running, serve
+from examples.gateway.probes import create_key
 from examples.gateway.upstream import REPLY, REPLY_PIECES, estimate_tokens
 from examples.gateway.web import create_page_app
-from examples.gateway.workers import free_port
+from examples.serving import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -20,16 +20,15 @@ import httpx
 import pytest
 
 from examples.gateway.app import Gateway
-from examples.gateway.demo import (
+from examples.gateway.demo import Running, main
+from examples.gateway.probes import (
     HEADER_NAMES,
     KEEPS_HEADERS_WITHOUT_FIX,
     PROBES,
     Probe,
     ProbeResult,
-    Running,
     check_results,
     create_key,
-    main,
     ratelimit_headers,
     run_probes,
 )

@@ -11,15 +11,9 @@ import httpx
 import pytest
 
 from examples.gateway.app import MASTER_KEY
-from examples.gateway.demo import (
-    PROBES,
-    Running,
-    create_key,
-    ratelimit_headers,
-    run_probe,
-    run_probes,
-)
+from examples.gateway.demo import Running
 from examples.gateway.limiter import KeyLimits, RateLimiter
+from examples.gateway.probes import PROBES, create_key, ratelimit_headers, run_probe, run_probes
 from examples.gateway.upstream import REPLY
 
 from ._gateway import (

@@ -21,13 +21,15 @@ import anyio
 import httpx
 import pytest
 
-from examples.gateway.demo import create_key, serve
+from examples.gateway.demo import serve
 from examples.gateway.limiter import KeyLimits, StoreUnavailable
 from examples.gateway.limiter_redis import RedisRateLimiter, connect
+from examples.gateway.probes import create_key
 from examples.gateway.upstream import REPLY, create_upstream_app
 from examples.gateway.workers import WORKER_HEADER, running_workers
+from examples.serving import free_port
 
-from ._redis import RedisServer, free_port, redis_server
+from ._redis import RedisServer, redis_server
 
 pytestmark = pytest.mark.scale
 

@@ -22,8 +22,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from examples.gateway.demo import create_key, serve
+from examples.gateway.demo import serve
 from examples.gateway.limiter_redis import SOCKET_TIMEOUT
+from examples.gateway.probes import create_key
 from examples.gateway.upstream import create_upstream_app
 from examples.gateway.workers import WORKER_HEADER, running_workers
 

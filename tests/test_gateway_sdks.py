@@ -14,7 +14,8 @@ import anthropic
 import openai
 import pytest
 
-from examples.gateway.demo import HEADER_NAMES, Running, create_key, running
+from examples.gateway.demo import Running, running
+from examples.gateway.probes import HEADER_NAMES, create_key
 from examples.gateway.upstream import (
     EMBEDDING_DIMENSIONS,
     OVERLOADED_HEADERS,

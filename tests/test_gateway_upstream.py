@@ -4,9 +4,11 @@ and a client that leaves, on real servers.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -14,10 +16,11 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from examples.gateway.demo import PROBES, Running, create_key, ratelimit_headers, running, serve
+from examples.gateway.demo import Running, running, serve
+from examples.gateway.probes import PROBES, create_key, ratelimit_headers
 from examples.gateway.upstream import OVERLOADED_HEADERS, OVERLOADED_MODEL, create_upstream_app
 from header_first_stream import HeaderFirstStreamingResponse
 
@@ -99,27 +102,14 @@ def test_the_gateway_passes_each_chunk_on_before_the_upstream_sent_the_next() ->
     async def chat(request: Request) -> StreamingResponse:
         return StreamingResponse(held_back(), media_type="text/event-stream")
 
-    upstream = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
-    probe = PROBES[1]
-    with (
-        serve(upstream) as upstream_url,
-        running(upstream_url=upstream_url) as servers,
-        httpx.Client(timeout=TIMEOUT) as client,
-    ):
-        key = create_key(servers.gateway_url)
-        with client.stream(
-            "POST",
-            servers.gateway_url + probe.path,
-            headers={"authorization": f"Bearer {key}"},
-            json=probe.body,
-        ) as response:
-            chunks = response.iter_raw()
-            first = b""
-            while len(first) < len(b"data: one\n\n"):  # in case TCP splits it
-                first += next(chunks)
-            upstream_done_before_first = release.is_set()
-            release.set()
-            rest = b"".join(chunks)
+    with _gateway_in_front_of(chat) as chat_stream, chat_stream() as response:
+        chunks = response.iter_raw()
+        first = b""
+        while len(first) < len(b"data: one\n\n"):  # in case TCP splits it
+            first += next(chunks)
+        upstream_done_before_first = release.is_set()
+        release.set()
+        rest = b"".join(chunks)
 
     assert ratelimit_headers(response.headers) == _headers(5999, 99999)
     assert (first, upstream_done_before_first) == (b"data: one\n\n", False)
@@ -141,6 +131,22 @@ def test_a_client_that_leaves_mid_stream_closes_the_upstream_stream() -> None:
         # The library's response closes its iterator as soon as the gateway hangs up.
         return HeaderFirstStreamingResponse(endless(), media_type="text/event-stream")
 
+    with _gateway_in_front_of(chat) as chat_stream:
+        with chat_stream() as response:
+            first = next(response.iter_raw())
+        # Leaving the block closed the connection with the body unread.
+        closed_in_time = upstream_closed.wait(10)
+
+    assert first.startswith(b"data: {}")
+    assert closed_in_time
+
+
+@contextlib.contextmanager
+def _gateway_in_front_of(
+    chat: Callable[[Request], Awaitable[Response]],
+) -> Iterator[Callable[[], contextlib.AbstractContextManager[httpx.Response]]]:
+    """Run a gateway in front of an upstream whose one route, the chat completions, is
+    ``chat``; yield a function that opens the streaming chat probe through the gateway."""
     upstream = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
     probe = PROBES[1]
     with (
@@ -149,15 +155,10 @@ def test_a_client_that_leaves_mid_stream_closes_the_upstream_stream() -> None:
         httpx.Client(timeout=TIMEOUT) as client,
     ):
         key = create_key(servers.gateway_url)
-        with client.stream(
+        yield functools.partial(
+            client.stream,
             "POST",
             servers.gateway_url + probe.path,
             headers={"authorization": f"Bearer {key}"},
             json=probe.body,
-        ) as response:
-            first = next(response.iter_raw())
-        # Leaving the block closed the connection with the body unread.
-        closed_in_time = upstream_closed.wait(10)
-
-    assert first.startswith(b"data: {}")
-    assert closed_in_time
+        )

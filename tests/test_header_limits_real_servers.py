@@ -13,7 +13,7 @@ import asyncio
 import logging
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -25,8 +25,9 @@ from starlette.routing import Mount, Route
 from header_first_stream import HeaderFirstMiddleware, HeaderFirstStreamingResponse, late_headers
 from header_first_stream._types import HeaderSource
 
+from ._asgi import stray_cancellation
 from ._raw_http import WAIT, h2c_get, http1_get
-from ._servers import SERVERS, TRIO_SERVERS, serve
+from ._servers import H2C_SERVERS, SERVERS, TRIO_SERVERS, serve, served
 
 ERROR_500 = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")]
 SERVER_OWN = (b"date", b"server", b"connection")
@@ -45,21 +46,6 @@ def big_late_value(request: Request) -> Response:
 def json(request: Request) -> Response:
     late_headers(request).update({"x-request-id": "r1", "x-debug": BIG})
     return JSONResponse({"ok": True})
-
-
-async def stale_cancellation() -> BaseException:
-    with anyio.CancelScope() as scope:
-        scope.cancel()
-        try:
-            await anyio.lowlevel.checkpoint()
-        except anyio.get_cancelled_exc_class() as exc:
-            caught = exc
-            raise
-    return caught
-
-
-async def stray_cancellation() -> HeaderSource:
-    raise await stale_cancellation()
 
 
 def stray(request: Request) -> Response:
@@ -99,16 +85,8 @@ APP = Starlette(
 )
 
 
-@pytest.fixture(scope="module", params=[*SERVERS, *TRIO_SERVERS])
-def http1(request: pytest.FixtureRequest) -> Iterator[str]:
-    with serve(APP, request.param) as base:
-        yield base
-
-
-@pytest.fixture(scope="module", params=["hypercorn", "hypercorn-trio"])
-def h2c(request: pytest.FixtureRequest) -> Iterator[str]:
-    with serve(APP, request.param) as base:
-        yield base
+http1 = served(APP, [*SERVERS, *TRIO_SERVERS])
+h2c = served(APP, H2C_SERVERS)
 
 
 @pytest.mark.parametrize("path", ["/big", "/middleware/"])

@@ -13,7 +13,7 @@ inbound validation off, so that a connection-specific field would be seen.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import h2.exceptions
 import pytest
@@ -33,7 +33,7 @@ from header_first_stream._headers import FRAMING_HEADERS, REFUSED_LATE_HEADERS
 from header_first_stream._types import HeaderResolver, HeaderSource
 
 from ._raw_http import Exchange, h2c_get, http1_get
-from ._servers import SERVERS, TRIO_SERVERS, serve
+from ._servers import H2C_SERVERS, SERVERS, TRIO_SERVERS, serve, served
 
 HOSTILE = {
     "connection": "keep-alive, x-secret",
@@ -129,16 +129,8 @@ APP = Starlette(
 )
 
 
-@pytest.fixture(scope="module", params=[*SERVERS, *TRIO_SERVERS])
-def http1(request: pytest.FixtureRequest) -> Iterator[str]:
-    with serve(APP, request.param) as base:
-        yield base
-
-
-@pytest.fixture(scope="module", params=["hypercorn", "hypercorn-trio"])
-def h2c(request: pytest.FixtureRequest) -> Iterator[str]:
-    with serve(APP, request.param) as base:
-        yield base
+http1 = served(APP, [*SERVERS, *TRIO_SERVERS])
+h2c = served(APP, H2C_SERVERS)
 
 
 def server_own(response: Exchange, control: Exchange, names: tuple[bytes, ...]) -> None:

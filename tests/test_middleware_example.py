@@ -5,97 +5,43 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import anthropic
 import httpx
 import openai
 import pytest
 
-from examples.middleware_app import HEADER_PREFIX, create_app
+from examples.gateway.limiter import HEADER_PREFIX
+from examples.gateway.probes import HEADER_NAMES, PROBES, Probe
+from examples.gateway.upstream import REPLY, estimate_tokens
+from examples.middleware_app import create_app
 
 from ._gateway import TIMEOUT
 from ._servers import SERVERS, serve
 
 HELLO = [{"role": "user", "content": "hello"}]
-NAMES = [
-    f"{HEADER_PREFIX}remaining-requests",
-    f"{HEADER_PREFIX}limit-requests",
-    f"{HEADER_PREFIX}remaining-tokens",
-    f"{HEADER_PREFIX}limit-tokens",
-]
-
-
-@dataclass(frozen=True)
-class Probe:
-    shape: str
-    path: str
-    body: dict[str, Any]
-    content_type: str
-    tokens: int  # the toy limiter's estimate for this body
-
-
-PROBES = [
-    Probe(
-        "chat/completions (sync)",
-        "/v1/chat/completions",
-        {"model": "toy", "messages": HELLO},
-        "application/json",
-        1,
-    ),
-    Probe(
-        "chat/completions (stream=true)",
-        "/v1/chat/completions",
-        {"model": "toy", "stream": True, "messages": HELLO},
-        "text/event-stream; charset=utf-8",
-        1,
-    ),
-    Probe(
-        "embeddings (sync)",
-        "/v1/embeddings",
-        {"model": "toy", "input": "hello world"},
-        "application/json",
-        2,
-    ),
-    Probe(
-        "messages (sync)",
-        "/v1/messages",
-        {"model": "toy", "max_tokens": 100, "messages": HELLO},
-        "application/json",
-        101,
-    ),
-    Probe(
-        "messages (stream=true)",
-        "/v1/messages",
-        {"model": "toy", "max_tokens": 100, "stream": True, "messages": HELLO},
-        "text/event-stream; charset=utf-8",
-        101,
-    ),
-    Probe(
-        "responses (stream=true)",
-        "/v1/responses",
-        {"model": "toy", "stream": True, "input": "hello"},
-        "text/event-stream; charset=utf-8",
-        1,
-    ),
-]
+EMBED_HI = {"model": "toy", "input": "hi"}  # one token
 
 
 def _ratelimit(response: httpx.Response) -> dict[str, list[str]]:
-    return {name: response.headers.get_list(name) for name in NAMES}
+    return {name: response.headers.get_list(name) for name in HEADER_NAMES}
+
+
+def _content_type(probe: Probe) -> str:
+    return "text/event-stream; charset=utf-8" if probe.stream else "application/json"
 
 
 def _check_body(probe: Probe, content: bytes) -> None:
     text = content.decode()
-    if probe.content_type == "application/json":
+    assert probe.marker in content
+    if not probe.stream:
         assert isinstance(json.loads(text), dict)
     elif probe.path == "/v1/chat/completions":
         assert text.endswith("data: [DONE]\n\n")
-        assert text.count("data: ") == 7  # five words, the stop chunk, [DONE]
+        assert text.count("data: ") == 9  # the role, six pieces, the stop chunk, [DONE]
     elif probe.path == "/v1/messages":
         assert text.startswith("event: message_start\n")
-        assert text.endswith('event: message_stop\ndata: {"type": "message_stop"}\n\n')
+        assert text.endswith('event: message_stop\ndata: {"type":"message_stop"}\n\n')
     else:
         assert text.endswith("\n\n") and "event: response.completed\n" in text
 
@@ -114,9 +60,9 @@ def test_every_shape_carries_all_four_headers_and_the_counts_go_down(gateway_url
             with client.stream("POST", probe.path, json=probe.body) as response:
                 content = response.read()
             remaining_requests -= 1
-            remaining_tokens -= probe.tokens
+            remaining_tokens -= estimate_tokens(probe.body)
             assert response.status_code == 200, probe.shape
-            assert response.headers["content-type"] == probe.content_type, probe.shape
+            assert response.headers["content-type"] == _content_type(probe), probe.shape
             assert _ratelimit(response) == {
                 f"{HEADER_PREFIX}remaining-requests": [str(remaining_requests)],
                 f"{HEADER_PREFIX}limit-requests": ["6000"],
@@ -133,7 +79,7 @@ def test_a_refused_request_gets_429_with_the_headers_and_a_bad_key_401_without()
     ):
         other = {"authorization": "Bearer sk-other"}
         statuses = [
-            client.post("/v1/embeddings", headers=other, json={"input": "hi"}).status_code
+            client.post("/v1/embeddings", headers=other, json=EMBED_HI).status_code
             for _ in range(10)
         ]
         refused = client.post(
@@ -150,7 +96,7 @@ def test_a_refused_request_gets_429_with_the_headers_and_a_bad_key_401_without()
         f"{HEADER_PREFIX}limit-tokens": ["1000"],
     }
     assert unknown.status_code == 401
-    assert _ratelimit(unknown) == {name: [] for name in NAMES}
+    assert _ratelimit(unknown) == {name: [] for name in HEADER_NAMES}
 
 
 def test_the_sdks_see_the_headers_on_streams() -> None:
@@ -176,10 +122,10 @@ def test_the_sdks_see_the_headers_on_streams() -> None:
         ) as messages:
             message_headers = dict(messages.headers)
             events = [event.type for event in messages.parse()]
-    assert "".join(words) == "Hello from the toy upstream "
+    assert "".join(words) == REPLY
     assert chat_headers[f"{HEADER_PREFIX}remaining-requests"] == "5999"
     assert chat_headers[f"{HEADER_PREFIX}remaining-tokens"] == "99999"
     assert events[0] == "message_start" and events[-1] == "message_stop"
     assert message_headers[f"{HEADER_PREFIX}remaining-requests"] == "5998"
-    assert message_headers[f"{HEADER_PREFIX}remaining-tokens"] == "99898"
+    assert message_headers[f"{HEADER_PREFIX}remaining-tokens"] == "99998"
     assert message_headers[f"{HEADER_PREFIX}limit-tokens"] == "100000"

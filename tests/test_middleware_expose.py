@@ -41,6 +41,10 @@ async def late_app(scope: Scope, receive: Receive, send: Send) -> None:
     await send(END)
 
 
+LATE_APP_HEAD = [(b"x-own", b"1"), (b"x-ratelimit-remaining", b"4"), (b"x-cost", b"12")]
+"""The head of `late_app` through the middleware, without exposed names."""
+
+
 async def plain_app(scope: Scope, receive: Receive, send: Send) -> None:
     await send(START)
     await send(END)
@@ -53,32 +57,22 @@ async def plain_app(scope: Scope, receive: Receive, send: Send) -> None:
 async def test_a_cors_request_gets_the_names_of_the_late_headers_sent() -> None:
     recorder = await call(HeaderFirstMiddleware(late_app, expose_late_headers=True), cors_scope())
     assert recorder.headers == [
-        (b"x-own", b"1"),
-        (b"x-ratelimit-remaining", b"4"),
-        (b"x-cost", b"12"),
+        *LATE_APP_HEAD,
         (EXPOSE, b"x-ratelimit-remaining, x-cost"),
     ]
     assert recorder.body == b"data"
 
 
 @pytest.mark.anyio
-async def test_a_request_without_origin_gets_no_exposed_names() -> None:
-    recorder = await call(HeaderFirstMiddleware(late_app, expose_late_headers=True))
-    assert recorder.headers == [
-        (b"x-own", b"1"),
-        (b"x-ratelimit-remaining", b"4"),
-        (b"x-cost", b"12"),
-    ]
-
-
-@pytest.mark.anyio
-async def test_nothing_is_exposed_by_default() -> None:
-    recorder = await call(HeaderFirstMiddleware(late_app), cors_scope())
-    assert recorder.headers == [
-        (b"x-own", b"1"),
-        (b"x-ratelimit-remaining", b"4"),
-        (b"x-cost", b"12"),
-    ]
+@pytest.mark.parametrize(
+    ("expose", "origin"), [(True, False), (False, True)], ids=["no origin", "by default"]
+)
+async def test_no_names_are_exposed_without_origin_nor_by_default(
+    expose: bool, origin: bool
+) -> None:
+    scope = cors_scope() if origin else http_scope()
+    recorder = await call(HeaderFirstMiddleware(late_app, expose_late_headers=expose), scope)
+    assert recorder.headers == LATE_APP_HEAD
 
 
 @pytest.mark.anyio
@@ -95,9 +89,7 @@ async def test_the_resolvers_headers_are_exposed_too() -> None:
     middleware = HeaderFirstMiddleware(late_app, resolver=resolver, expose_late_headers=True)
     recorder = await call(middleware, cors_scope())
     assert recorder.headers == [
-        (b"x-own", b"1"),
-        (b"x-ratelimit-remaining", b"4"),
-        (b"x-cost", b"12"),
+        *LATE_APP_HEAD,
         (b"x-request-cost", b"0.02"),
         (EXPOSE, b"x-ratelimit-remaining, x-cost, x-request-cost"),
     ]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.resources
 import inspect
-import subprocess
-import sys
 
 import pytest
 
 import header_first_stream
+
+from ._expect import run_python
 
 PUBLIC_DUNDERS = {"__version__"}
 
@@ -48,10 +48,7 @@ def test_star_import_gives_exactly_all_and_does_not_import_sse_starlette() -> No
         "assert set(namespace) == set(header_first_stream.__all__), set(namespace)\n"
         "assert 'sse_starlette' not in sys.modules, 'sse_starlette imported'\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
+    run_python(script)
 
 
 def test_unknown_name_is_an_attribute_error() -> None:
@@ -85,7 +82,4 @@ def test_import_has_no_side_effects_on_other_libraries() -> None:
         "assert 'uvicorn' not in sys.modules, 'uvicorn imported'\n"
         "assert not logging.getLogger('header_first_stream').handlers, 'handler added'\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
+    run_python(script)

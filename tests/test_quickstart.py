@@ -15,6 +15,8 @@ from types import ModuleType
 import httpx
 import pytest
 
+from examples.serving import free_port
+
 from ._expect import WAIT
 from ._servers import SERVERS, serve
 
@@ -103,14 +105,8 @@ def test_plain_dict_endpoint_carries_the_hooks_headers(quickstart: ModuleType, s
         assert response.content == expected_body
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_running_the_file_serves_on_the_port_from_the_environment() -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PORT": str(port)}
     process = subprocess.Popen(
         [sys.executable, str(QUICKSTART)],

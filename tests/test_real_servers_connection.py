@@ -1,9 +1,10 @@
 """Tier 3: disconnects, HEAD, connection handling and the advertised ASGI spec, with
 `HeaderFirstStreamingResponse` behind real ASGI servers.
 
-Every test runs on uvicorn (h11 and httptools) and hypercorn on asyncio, and on
+Every test runs on uvicorn (h11 and httptools), hypercorn and granian on asyncio, and on
 hypercorn's trio worker. All these servers advertise ASGI spec_version below 2.4 (uvicorn
-2.3, hypercorn 2.1), so these tests exercise the disconnect-listener path of the response.
+and granian 2.3, hypercorn 2.1), so these tests exercise the disconnect-listener path of
+the response.
 
 State shared between a server thread and the test thread is a `threading.Event` or a
 list only ever changed by ``list.append`` (atomic in CPython); every wait is bounded.
@@ -25,26 +26,23 @@ from starlette.types import Receive, Scope, Send
 from header_first_stream import HeaderFirstStreamingResponse
 
 from ._expect import WAIT
-from ._servers import (
-    LATE_LINES,
-    SERVERS,
-    TRIO_SERVERS,
+from ._server_apps import (
     EndlessBody,
     EndlessStream,
-    Wire,
     _app,
     _late_after,
     _no_errors_logged,
     _recording,
     _route,
-    serve,
 )
+from ._servers import GRANIAN, SERVERS, TRIO_SERVERS, serve
+from ._wire import LATE_LINES, Wire
 
 EOF_WAIT = 2.0
 """How long a server may take to close a ``Connection: close`` connection after the response."""
 
 
-pytestmark = pytest.mark.parametrize("server", [*SERVERS, *TRIO_SERVERS])
+pytestmark = pytest.mark.parametrize("server", [*SERVERS, *TRIO_SERVERS, GRANIAN])
 
 
 # --- disconnects -------------------------------------------------------------------
@@ -205,6 +203,7 @@ ADVERTISED_SPEC = {
     "uvicorn-httptools": "2.3",
     "hypercorn": "2.1",
     "hypercorn-trio": "2.1",
+    "granian": "2.3",
 }
 
 

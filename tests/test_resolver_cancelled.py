@@ -26,7 +26,15 @@ from header_first_stream import HeaderFirstMiddleware, HeaderFirstStreamingRespo
 from header_first_stream._resolve import ResolverCancelledError
 from header_first_stream._types import HeaderSource
 
-from ._asgi import Recorder, call, http_scope, receive_disconnect_after, receive_nothing
+from ._asgi import (
+    Recorder,
+    call,
+    hanging_resolver,
+    http_scope,
+    receive_disconnect_after,
+    receive_nothing,
+    stray_cancellation,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -36,32 +44,10 @@ PEEK = pytest.mark.parametrize("peek", [False, True], ids=["no-peek", "peek"])
 ERROR_500 = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")]
 
 
-async def stale_cancellation() -> BaseException:
-    """A cancellation caught in a cancel scope that has exited since: no longer anyone's."""
-    with anyio.CancelScope() as scope:
-        scope.cancel()
-        try:
-            await anyio.lowlevel.checkpoint()
-        except anyio.get_cancelled_exc_class() as exc:
-            caught = exc
-            raise
-    assert scope.cancelled_caught
-    return caught
-
-
-async def resolver_reraising_a_stale_cancellation() -> HeaderSource:
-    raise await stale_cancellation()
-
-
 async def resolver_awaiting_a_future_another_task_cancelled() -> HeaderSource:
     future: asyncio.Future[HeaderSource] = asyncio.get_running_loop().create_future()
     asyncio.get_running_loop().call_soon(future.cancel)  # "another task" cancels it
     return await future
-
-
-async def hanging_resolver() -> HeaderSource:
-    await anyio.sleep_forever()
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class Body:
@@ -114,10 +100,9 @@ async def test_a_stray_cancellation_from_the_resolver_gives_a_500_and_is_logged(
 ) -> None:
     body = Body()
 
-    async def resolver(*chunk: object) -> HeaderSource:
-        return await resolver_reraising_a_stale_cancellation()
-
-    response = HeaderFirstStreamingResponse(body, header_resolver=resolver, peek_first_chunk=peek)
+    response = HeaderFirstStreamingResponse(
+        body, header_resolver=stray_cancellation, peek_first_chunk=peek
+    )
     recorder = await call(response, http_scope(spec_version=spec))
     assert recorder.status == 500
     assert recorder.headers == ERROR_500
@@ -135,7 +120,7 @@ async def test_a_stray_cancellation_under_degrade_sends_the_stream_without_its_h
     response = HeaderFirstStreamingResponse(
         Body(),
         media_type="text/plain",
-        header_resolver=resolver_reraising_a_stale_cancellation,
+        header_resolver=stray_cancellation,
         on_resolver_error="degrade",
     )
     recorder = await call(response, http_scope(spec_version=spec))
@@ -152,7 +137,7 @@ async def test_a_stray_cancellation_with_a_resolver_timeout_is_a_failure_not_a_t
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     response = HeaderFirstStreamingResponse(
-        Body(), header_resolver=resolver_reraising_a_stale_cancellation, resolver_timeout=5
+        Body(), header_resolver=stray_cancellation, resolver_timeout=5
     )
     recorder = await call(response)
     assert recorder.status == 500
@@ -170,10 +155,7 @@ async def test_the_resolver_timeout_still_gives_a_504() -> None:
 async def test_the_middleware_resolver_with_a_stray_cancellation_gives_a_500(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async def resolver(scope: Scope) -> HeaderSource:
-        return await resolver_reraising_a_stale_cancellation()
-
-    app = HeaderFirstMiddleware(JSONResponse({"ok": True}), resolver=resolver)
+    app = HeaderFirstMiddleware(JSONResponse({"ok": True}), resolver=stray_cancellation)
     recorder = await call(app)
     assert recorder.status == 500
     assert recorder.headers == ERROR_500
@@ -184,11 +166,8 @@ async def test_the_middleware_resolver_with_a_stray_cancellation_gives_a_500(
 async def test_the_middleware_resolver_with_a_stray_cancellation_under_degrade(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async def resolver(scope: Scope) -> HeaderSource:
-        return await resolver_reraising_a_stale_cancellation()
-
     app = HeaderFirstMiddleware(
-        JSONResponse({"ok": True}), resolver=resolver, on_resolver_error="degrade"
+        JSONResponse({"ok": True}), resolver=stray_cancellation, on_resolver_error="degrade"
     )
     recorder = await call(app)
     assert recorder.status == 200
@@ -230,38 +209,23 @@ async def test_the_middleware_resolver_awaiting_a_cancelled_future_under_degrade
 
 @SPECS
 @PEEK
-async def test_a_client_that_leaves_while_the_resolver_runs_gets_nothing_and_nothing_is_logged(
-    spec: str, peek: bool, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("end", ["the client leaves", "a timeout around the app"])
+async def test_a_client_that_leaves_or_a_timeout_cancels_the_resolver_silently(
+    spec: str, peek: bool, end: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Either way the cancellation propagates: nothing is sent, nothing is logged.
     body = Body()
-
-    async def resolver(*chunk: object) -> HeaderSource:
-        return await hanging_resolver()
-
-    response = HeaderFirstStreamingResponse(body, header_resolver=resolver, peek_first_chunk=peek)
+    response = HeaderFirstStreamingResponse(
+        body, header_resolver=hanging_resolver, peek_first_chunk=peek
+    )
     recorder = Recorder()
-    with anyio.fail_after(5):
-        await response(http_scope(spec_version=spec), receive_disconnect_after(0.05), recorder)
-    assert recorder.messages == []
-    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
-    assert body.closed
-
-
-@SPECS
-@PEEK
-async def test_a_timeout_around_the_app_cancels_the_resolver_and_propagates(
-    spec: str, peek: bool, caplog: pytest.LogCaptureFixture
-) -> None:
-    body = Body()
-
-    async def resolver(*chunk: object) -> HeaderSource:
-        return await hanging_resolver()
-
-    response = HeaderFirstStreamingResponse(body, header_resolver=resolver, peek_first_chunk=peek)
-    recorder = Recorder()
-    with anyio.move_on_after(0.05) as timeout:
-        await response(http_scope(spec_version=spec), receive_nothing(), recorder)
-    assert timeout.cancelled_caught
+    if end == "the client leaves":
+        with anyio.fail_after(5):
+            await response(http_scope(spec_version=spec), receive_disconnect_after(0.05), recorder)
+    else:
+        with anyio.move_on_after(0.05) as timeout:
+            await response(http_scope(spec_version=spec), receive_nothing(), recorder)
+        assert timeout.cancelled_caught
     assert recorder.messages == []
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert body.closed
@@ -270,10 +234,7 @@ async def test_a_timeout_around_the_app_cancels_the_resolver_and_propagates(
 async def test_a_timeout_around_the_middleware_cancels_its_resolver_and_propagates(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async def resolver(scope: Scope) -> HeaderSource:
-        return await hanging_resolver()
-
-    app = HeaderFirstMiddleware(JSONResponse({"ok": True}), resolver=resolver)
+    app = HeaderFirstMiddleware(JSONResponse({"ok": True}), resolver=hanging_resolver)
     recorder = Recorder()
     with anyio.move_on_after(0.05) as timeout:
         await app(http_scope(), receive_nothing(), recorder)
@@ -292,10 +253,9 @@ async def test_a_timeout_around_the_middleware_cancels_its_resolver_and_propagat
 async def test_an_asyncio_timeout_around_the_app_still_raises_timeout_error(
     spec: str, peek: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def resolver(*chunk: object) -> HeaderSource:
-        return await hanging_resolver()
-
-    response = HeaderFirstStreamingResponse(Body(), header_resolver=resolver, peek_first_chunk=peek)
+    response = HeaderFirstStreamingResponse(
+        Body(), header_resolver=hanging_resolver, peek_first_chunk=peek
+    )
     recorder = Recorder()
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.05):
@@ -309,10 +269,7 @@ async def test_an_asyncio_timeout_around_the_app_still_raises_timeout_error(
 async def test_an_asyncio_timeout_around_the_middleware_still_raises_timeout_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async def resolver(scope: Scope) -> HeaderSource:
-        return await hanging_resolver()
-
-    app = HeaderFirstMiddleware(JSONResponse({"ok": True}), resolver=resolver)
+    app = HeaderFirstMiddleware(JSONResponse({"ok": True}), resolver=hanging_resolver)
     recorder = Recorder()
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.05):

@@ -33,6 +33,30 @@ from ._asgi import (
 )
 from ._expect import SPECS, logged, logged_exception
 
+
+class SyncStream:
+    """A sync iterator object, not a generator (as an SDK's stream may be): it counts its
+    ``close()`` calls, and raises ``close_error`` from it when given one."""
+
+    def __init__(self, *items: bytes, close_error: Exception | None = None) -> None:
+        self.items = list(reversed(items))
+        self.closes = 0
+        self.close_error = close_error
+
+    def __iter__(self) -> SyncStream:
+        return self
+
+    def __next__(self) -> bytes:
+        if not self.items:
+            raise StopIteration
+        return self.items.pop()
+
+    def close(self) -> None:
+        self.closes += 1
+        if self.close_error is not None:
+            raise self.close_error
+
+
 # --- the body iterator is closed on every exit ----------------------------------------
 
 
@@ -99,28 +123,12 @@ async def test_sync_generator_is_closed_with_close_on_disconnect() -> None:
 @SPECS
 async def test_finished_iterator_objects_are_still_closed(spec: str) -> None:
     # Not generators: objects such as an SDK's stream may hold a connection until closed.
-    class SyncStream:
-        def __init__(self) -> None:
-            self.items = [b"b", b"a"]
-            self.closes = 0
-
-        def __iter__(self) -> SyncStream:
-            return self
-
-        def __next__(self) -> bytes:
-            if not self.items:
-                raise StopIteration
-            return self.items.pop()
-
-        def close(self) -> None:
-            self.closes += 1
-
     async_stream = TrackedBody(b"a", b"b")
     recorder = await call(HeaderFirstStreamingResponse(async_stream), http_scope(spec_version=spec))
     assert sent(recorder) == [start(200, []), chunk(b"a"), chunk(b"b"), END]
     assert (async_stream.pulls, async_stream.closes) == (3, 1)
 
-    sync_stream = SyncStream()
+    sync_stream = SyncStream(b"a", b"b")
     recorder = await call(HeaderFirstStreamingResponse(sync_stream), http_scope(spec_version=spec))
     assert sent(recorder) == [start(200, []), chunk(b"a"), chunk(b"b"), END]
     assert sync_stream.closes == 1
@@ -189,22 +197,8 @@ async def test_sync_close_that_raises_is_logged(caplog: pytest.LogCaptureFixture
     caplog.set_level(logging.INFO, logger=LOGGER)
     error = RuntimeError("sync close failed")
 
-    class Chunks:
-        def __init__(self) -> None:
-            self.items = [b"a"]
-
-        def __iter__(self) -> Chunks:
-            return self
-
-        def __next__(self) -> bytes:
-            if not self.items:
-                raise StopIteration
-            return self.items.pop()
-
-        def close(self) -> None:
-            raise error
-
-    recorder = await call(HeaderFirstStreamingResponse(Chunks()), http_scope("HEAD"))
+    stream = SyncStream(b"a", close_error=error)
+    recorder = await call(HeaderFirstStreamingResponse(stream), http_scope("HEAD"))
     assert sent(recorder) == [start(200, []), END]
     assert logged_exception(caplog, "closing the body iterator failed") is error
 

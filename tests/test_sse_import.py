@@ -4,22 +4,15 @@ sse-starlette nor patches uvicorn, and without sse-starlette the error names the
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
 
 import header_first_stream
 
+from ._expect import run_python
+
 # --- import and export ---------------------------------------------------------------
-
-
-def run_python(code: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def test_importing_the_package_imports_neither_sse_starlette_nor_patches_uvicorn() -> None:
@@ -31,7 +24,7 @@ def test_importing_the_package_imports_neither_sse_starlette_nor_patches_uvicorn
         "print('sse_starlette' in sys.modules, Server.handle_exit is handle_exit)\n"
         "header_first_stream.HeaderFirstEventSourceResponse\n"
         "print('sse_starlette' in sys.modules, Server.handle_exit is handle_exit)\n"
-    )
+    ).stdout
     # Only using the SSE class imports sse-starlette (which then patches uvicorn).
     assert out == "False True\nTrue False\n"
 
@@ -45,7 +38,7 @@ def test_without_sse_starlette_the_class_raises_an_import_error_naming_the_extra
         "    from header_first_stream import HeaderFirstEventSourceResponse\n"
         "except ImportError as exc:\n"
         "    print(exc)\n"
-    )
+    ).stdout
     assert out == (
         "HeaderFirstEventSourceResponse needs sse-starlette (No module named "
         "'sse_starlette.event'; 'sse_starlette' is not a package); install the 'sse' extra: "

@@ -27,117 +27,36 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import shlex
 import signal
-import socket
 import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import httpx
 from starlette.types import ASGIApp
 
-from .app import MASTER_KEY, Gateway
-from .limiter import HEADER_PREFIX
-from .upstream import REPLY, create_upstream_app
+from ..serving import free_port, serve_uvicorn
+from .app import Gateway
+from .probes import (
+    KEEPS_HEADERS_WITHOUT_FIX,
+    RPM_LIMIT,
+    TPM_LIMIT,
+    check_bug_shown,
+    check_results,
+    create_key,
+    run_probes,
+)
+from .tables import curl_commands, format_side_by_side, format_table
+from .upstream import create_upstream_app
 from .web import create_page_app
-from .workers import WORKER_HEADER, free_port, running_workers
+from .workers import running_workers
 
-STARTUP_TIMEOUT = 10.0
-SHUTDOWN_TIMEOUT = 10.0
-CLIENT_TIMEOUT = 10.0
-
-RPM_LIMIT = 6000
-TPM_LIMIT = 100000
 PAGE_RPM_LIMIT = 10
 """The chat page's key: small, so that a few messages show the ``429``."""
 PAGE_TPM_LIMIT = 1000
 PAGE_CHUNK_DELAY = 0.08
 """Seconds between streamed pieces with ``--serve``: slow enough to watch them arrive."""
-
-HEADER_NAMES = tuple(
-    HEADER_PREFIX + suffix
-    for suffix in ("remaining-requests", "limit-requests", "remaining-tokens", "limit-tokens")
-)
-"""The four headers every shape must carry, in the bug report's order."""
-
-
-@dataclass(frozen=True)
-class Probe:
-    """One request of the bug report: a shape, its path and body, and proof of a full body."""
-
-    shape: str
-    path: str
-    body: dict[str, Any]
-    marker: bytes
-    """Bytes that only a complete body contains (the end of a stream)."""
-
-    @property
-    def stream(self) -> bool:
-        return bool(self.body.get("stream"))
-
-
-_HELLO = [{"role": "user", "content": "hello"}]
-
-PROBES = (
-    Probe(
-        "chat/completions (sync)",
-        "/v1/chat/completions",
-        {"model": "test-chat", "messages": _HELLO},
-        REPLY.encode(),
-    ),
-    Probe(
-        "chat/completions (stream=true)",
-        "/v1/chat/completions",
-        {"model": "test-chat", "stream": True, "messages": _HELLO},
-        b"data: [DONE]\n\n",
-    ),
-    Probe(
-        "embeddings (sync)",
-        "/v1/embeddings",
-        {"model": "test-embedding", "input": "hello"},
-        b'"object":"embedding"',
-    ),
-    Probe(
-        "messages (sync)",
-        "/v1/messages",
-        {"model": "test-anthropic", "max_tokens": 100, "messages": _HELLO},
-        REPLY.encode(),
-    ),
-    Probe(
-        "messages (stream=true)",
-        "/v1/messages",
-        {"model": "test-anthropic", "max_tokens": 100, "stream": True, "messages": _HELLO},
-        b"event: message_stop\n",
-    ),
-    Probe(
-        "responses (stream=true)",
-        "/v1/responses",
-        {"model": "test-chat", "stream": True, "input": "hello"},
-        b"event: response.completed\n",
-    ),
-)
-
-KEEPS_HEADERS_WITHOUT_FIX = frozenset({"chat/completions (sync)", "embeddings (sync)"})
-"""The shapes that carry their headers in LiteLLM too (typed responses, not streams)."""
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """What the client saw for one probe."""
-
-    shape: str
-    status: int
-    content_type: str
-    ratelimit: dict[str, str]
-    """The ``x-ratelimit-api_key-*`` headers received, in `HEADER_NAMES` order."""
-    complete: bool
-    worker: str = ""
-    """The gateway worker's process id, from ``x-gateway-worker`` (with ``--workers``)."""
 
 
 @dataclass(frozen=True)
@@ -150,36 +69,14 @@ class Running:
     """The gateway object when it runs in this process; ``None`` with worker processes."""
 
 
-@contextlib.contextmanager
-def serve(app: ASGIApp, *, port: int = 0) -> Iterator[str]:
+def serve(app: ASGIApp, *, port: int = 0) -> contextlib.AbstractContextManager[str]:
     """Serve ``app`` with uvicorn (lifespan on) on 127.0.0.1 in a thread; yield its URL.
 
     Raises:
-        RuntimeError: The server did not start within `STARTUP_TIMEOUT` seconds.
+        RuntimeError: The server did not start within `examples.serving.STARTUP_TIMEOUT`
+            seconds.
     """
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(128)
-    config = uvicorn.Config(app, lifespan="on", log_level="warning", timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    try:
-        thread.start()
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"uvicorn did not start within {STARTUP_TIMEOUT}s; see its log above"
-                )
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(SHUTDOWN_TIMEOUT)
-        sock.close()
+    return serve_uvicorn(app, port=port, lifespan="on", timeout_graceful_shutdown=2)
 
 
 @contextlib.contextmanager
@@ -223,198 +120,6 @@ def running(
         gateway = Gateway(upstream_url, fix=fix, cors_origins=cors_origins)
         gateway_url = stack.enter_context(serve(gateway.app, port=port))
         yield Running(upstream_url, gateway_url, gateway)
-
-
-def create_key(
-    gateway_url: str,
-    *,
-    rpm_limit: int | None = RPM_LIMIT,
-    tpm_limit: int | None = TPM_LIMIT,
-    models: Sequence[str] = ("test-embedding", "test-chat", "test-anthropic"),
-) -> str:
-    """Create a virtual key with ``POST /key/generate`` under the master key; return it."""
-    response = httpx.post(
-        gateway_url + "/key/generate",
-        headers={"authorization": f"Bearer {MASTER_KEY}"},
-        json={"models": list(models), "tpm_limit": tpm_limit, "rpm_limit": rpm_limit},
-        timeout=CLIENT_TIMEOUT,
-    )
-    response.raise_for_status()
-    key: str = response.json()["key"]
-    return key
-
-
-def ratelimit_headers(headers: httpx.Headers) -> dict[str, str]:
-    """The ``x-ratelimit-api_key-*`` headers among ``headers``, in `HEADER_NAMES` order."""
-    return {name: headers[name] for name in HEADER_NAMES if name in headers}
-
-
-def run_probe(client: httpx.Client, gateway_url: str, key: str, probe: Probe) -> ProbeResult:
-    """Send one probe; read its head first, then its whole body."""
-    with client.stream(
-        "POST",
-        gateway_url + probe.path,
-        headers={"authorization": f"Bearer {key}"},
-        json=probe.body,
-    ) as response:
-        ratelimit = ratelimit_headers(response.headers)
-        body = response.read()
-    return ProbeResult(
-        probe.shape,
-        response.status_code,
-        response.headers.get("content-type", ""),
-        ratelimit,
-        probe.marker in body,
-        response.headers.get(WORKER_HEADER, ""),
-    )
-
-
-def run_probes(gateway_url: str, key: str, *, new_connections: bool = False) -> list[ProbeResult]:
-    """Send every probe of `PROBES`, one after the other, with ``key``.
-
-    With ``new_connections``, each probe opens its own connection, so that a gateway with
-    several worker processes may serve each with another worker.
-    """
-    keepalive = 0 if new_connections else None
-    limits = httpx.Limits(max_keepalive_connections=keepalive)
-    with httpx.Client(timeout=CLIENT_TIMEOUT, limits=limits) as client:
-        return [run_probe(client, gateway_url, key, probe) for probe in PROBES]
-
-
-def check_results(results: Sequence[ProbeResult]) -> list[str]:
-    """What is wrong with a run of the fixed gateway; ``[]`` if nothing.
-
-    Every shape must answer 200 with a complete body and all four headers with the key's
-    limits, and each request's remaining counts must be below the previous request's:
-    one request fewer, and fewer tokens.
-    """
-    problems: list[str] = []
-    previous: ProbeResult | None = None
-    for result in results:
-        missing = [name for name in HEADER_NAMES if name not in result.ratelimit]
-        if result.status != 200:
-            problems.append(f"{result.shape}: status {result.status}, expected 200")
-        if not result.complete:
-            problems.append(f"{result.shape}: the body is incomplete")
-        if missing:
-            problems.append(f"{result.shape}: missing {', '.join(missing)}")
-        else:
-            limits = (
-                result.ratelimit[HEADER_PREFIX + "limit-requests"],
-                result.ratelimit[HEADER_PREFIX + "limit-tokens"],
-            )
-            if limits != (str(RPM_LIMIT), str(TPM_LIMIT)):
-                problems.append(f"{result.shape}: limits {limits}, expected the key's")
-            if previous is not None and not _goes_down(previous, result):
-                problems.append(
-                    f"{result.shape}: remaining counts did not go down after {previous.shape}"
-                )
-            previous = result
-    return problems
-
-
-def _goes_down(before: ProbeResult, after: ProbeResult) -> bool:
-    requests = HEADER_PREFIX + "remaining-requests"
-    tokens = HEADER_PREFIX + "remaining-tokens"
-    return int(after.ratelimit[requests]) == int(before.ratelimit[requests]) - 1 and int(
-        after.ratelimit[tokens]
-    ) < int(before.ratelimit[tokens])
-
-
-def check_bug_shown(results: Sequence[ProbeResult]) -> list[str]:
-    """What differs from the bug report in a run of the unfixed gateway; ``[]`` if nothing.
-
-    The typed shapes (`KEEPS_HEADERS_WITHOUT_FIX`) keep all four headers; streams and the
-    plain-dict ``/v1/messages`` lose all four.
-    """
-    problems: list[str] = []
-    for result in results:
-        expected = 4 if result.shape in KEEPS_HEADERS_WITHOUT_FIX else 0
-        if result.status != 200 or not result.complete:
-            problems.append(f"{result.shape}: status {result.status}, complete={result.complete}")
-        if len(result.ratelimit) != expected:
-            problems.append(
-                f"{result.shape}: {len(result.ratelimit)} headers, the bug report has {expected}"
-            )
-    return problems
-
-
-_COLUMNS = ("remaining-requests", "limit-requests", "remaining-tokens", "limit-tokens")
-
-
-def format_table(results: Sequence[ProbeResult]) -> str:
-    """The results as a table: shape, status, body, and the four headers' values."""
-    rows: list[tuple[str, ...]] = [("shape", "status", "body", *_COLUMNS)]
-    for result in results:
-        values = [result.ratelimit.get(name, "MISSING") for name in HEADER_NAMES]
-        body = "complete" if result.complete else "INCOMPLETE"
-        rows.append((result.shape, str(result.status), body, *values))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def format_side_by_side(without_fix: Sequence[ProbeResult], with_fix: Sequence[ProbeResult]) -> str:
-    """One line per shape: what the client got without and with this library."""
-
-    def cell(result: ProbeResult) -> str:
-        return f"{result.status}, {len(result.ratelimit)} of 4 headers"
-
-    rows = [("shape", "without the fix", "with header-first-stream")]
-    rows += [
-        (before.shape, cell(before), cell(after))
-        for before, after in zip(without_fix, with_fix, strict=True)
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    lines = []
-    for row in rows:
-        lost = row[1].endswith(" 0 of 4 headers")
-        marker = "  <- lost" if lost else ""
-        lines.append(
-            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + marker
-        )
-    return "\n".join(lines)
-
-
-def curl_commands(gateway_url: str, key: str) -> str:
-    """The bug report's curl commands, for this gateway and key."""
-    auth = ["-H", "Authorization: Bearer $KEY", "-H", "Content-Type: application/json"]
-    generate = [
-        "curl", "-sS", "$PROXY/key/generate",
-        "-H", f"Authorization: Bearer {MASTER_KEY}", "-H", "Content-Type: application/json",
-        "-d", json.dumps({"models": ["test-embedding", "test-chat", "test-anthropic"],
-                          "tpm_limit": TPM_LIMIT, "rpm_limit": RPM_LIMIT}),
-    ]  # fmt: skip
-    lines = [
-        f"KEY={key}",
-        f"PROXY={gateway_url}",
-        "",
-        "# another key:",
-        _shell(generate),
-    ]
-    for probe in PROBES:
-        stream = ["-N"] if probe.stream else []
-        command = [
-            "curl", "-sS", "-D", "-", "-o", "/dev/null", *stream, *auth,
-            f"$PROXY{probe.path}", "-d", json.dumps(probe.body, separators=(",", ":")),
-        ]  # fmt: skip
-        lines += ["", f"# {probe.shape}", _shell(command) + " | grep -i ratelimit"]
-    return "\n".join(lines)
-
-
-def _shell(words: Sequence[str]) -> str:
-    # Quote for the shell, but leave $KEY and $PROXY to be expanded.
-    quoted = []
-    for word in words:
-        if "$" in word and "'" not in word:
-            quoted.append(f'"{word}"')
-        else:
-            quoted.append(shlex.quote(word))
-    return " ".join(quoted)
 
 
 def _run_fixed(workers: int = 1, redis_url: str | None = None) -> int:

@@ -19,7 +19,7 @@ import json
 import secrets
 import struct
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -299,6 +299,22 @@ def _embedding(index: int, text: str, encoding_format: str) -> dict[str, Any]:
     return {"object": "embedding", "index": index, "embedding": embedding}
 
 
+def _endpoint(
+    answer: Callable[[dict[str, Any], str, int], Response], *, anthropic: bool = False
+) -> Callable[[Request], Awaitable[Response]]:
+    """An endpoint that reads the request's JSON body and answers with ``answer(body,
+    model, prompt tokens)``, or with the provider's ``429`` for `OVERLOADED_MODEL`."""
+
+    async def endpoint(request: Request) -> Response:
+        body = await request.json()
+        model = body["model"]
+        if model == OVERLOADED_MODEL:
+            return _overloaded(anthropic)
+        return answer(body, model, estimate_tokens(body))
+
+    return endpoint
+
+
 def create_upstream_app(*, chunk_delay: float = 0.0) -> Starlette:
     """Return the mock provider as an ASGI app.
 
@@ -311,12 +327,7 @@ def create_upstream_app(*, chunk_delay: float = 0.0) -> Starlette:
     def stream(events: list[bytes]) -> StreamingResponse:
         return StreamingResponse(streamer.events(events), media_type=SSE_MEDIA_TYPE)
 
-    async def chat_completions(request: Request) -> Response:
-        body = await request.json()
-        model = body["model"]
-        if model == OVERLOADED_MODEL:
-            return _overloaded(anthropic=False)
-        prompt = estimate_tokens(body)
+    def chat_completions(body: dict[str, Any], model: str, prompt: int) -> Response:
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return stream(_chat_events(model, prompt, include_usage))
@@ -341,14 +352,9 @@ def create_upstream_app(*, chunk_delay: float = 0.0) -> Starlette:
             }
         )
 
-    async def embeddings(request: Request) -> Response:
-        body = await request.json()
-        model = body["model"]
-        if model == OVERLOADED_MODEL:
-            return _overloaded(anthropic=False)
+    def embeddings(body: dict[str, Any], model: str, prompt: int) -> Response:
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         encoding_format = body.get("encoding_format") or "float"
-        prompt = estimate_tokens(body)
         return JSONResponse(
             {
                 "object": "list",
@@ -361,12 +367,7 @@ def create_upstream_app(*, chunk_delay: float = 0.0) -> Starlette:
             }
         )
 
-    async def responses(request: Request) -> Response:
-        body = await request.json()
-        model = body["model"]
-        if model == OVERLOADED_MODEL:
-            return _overloaded(anthropic=False)
-        prompt = estimate_tokens(body)
+    def responses(body: dict[str, Any], model: str, prompt: int) -> Response:
         if body.get("stream"):
             return stream(_response_events(model, prompt))
         response_id = f"resp_{secrets.token_hex(12)}"
@@ -375,21 +376,16 @@ def create_upstream_app(*, chunk_delay: float = 0.0) -> Starlette:
             _response_object(response_id, item_id, model, prompt, status="completed")
         )
 
-    async def messages(request: Request) -> Response:
-        body = await request.json()
-        model = body["model"]
-        if model == OVERLOADED_MODEL:
-            return _overloaded(anthropic=True)
-        prompt = estimate_tokens(body)
+    def messages(body: dict[str, Any], model: str, prompt: int) -> Response:
         if body.get("stream"):
             return stream(_message_events(model, prompt))
         return JSONResponse(_anthropic_message(model, prompt, streaming=False))
 
     return Starlette(
         routes=[
-            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-            Route("/v1/embeddings", embeddings, methods=["POST"]),
-            Route("/v1/responses", responses, methods=["POST"]),
-            Route("/v1/messages", messages, methods=["POST"]),
+            Route("/v1/chat/completions", _endpoint(chat_completions), methods=["POST"]),
+            Route("/v1/embeddings", _endpoint(embeddings), methods=["POST"]),
+            Route("/v1/responses", _endpoint(responses), methods=["POST"]),
+            Route("/v1/messages", _endpoint(messages, anthropic=True), methods=["POST"]),
         ]
     )

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ import httpx
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..serving import free_port
 from .app import Gateway, StoreErrorPolicy
 
 STARTUP_TIMEOUT = 30.0
@@ -86,14 +86,6 @@ def create_app() -> ASGIApp:
     else:
         gateway = Gateway(upstream_url, on_store_error=policy, cors_origins=origins)
     return _with_worker_header(gateway.app)
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 right now (uvicorn's workers bind it themselves)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager

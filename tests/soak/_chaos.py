@@ -80,7 +80,7 @@ def one(port: int, path: str, point: str, rst: bool, delay: float) -> bool:
         else:
             # Read by the framing, not to EOF: Starlette's own class leaves a
             # `Connection: close` connection open on hypercorn's trio worker (a known
-            # divergence, pinned in tests/test_real_servers.py).
+            # divergence, pinned in tests/test_real_servers_connection.py).
             data = _read_until(sock, lambda data: data.endswith(b"\r\n0\r\n\r\n"))
             parsed = parse(data)
             ok = (

@@ -119,7 +119,7 @@ def read_response(sock: socket.socket, timeout: float = WAIT) -> tuple[bytes, st
     or ``timeout``.
 
     Not only EOF: Starlette's own streaming class leaves a ``Connection: close``
-    connection open on hypercorn's trio worker (pinned in tests/test_real_servers.py).
+    connection open on hypercorn's trio worker (pinned in tests/test_real_servers_connection.py).
     """
     deadline = time.monotonic() + timeout
     data = b""

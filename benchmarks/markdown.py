@@ -1,0 +1,217 @@
+"""The run as the markdown page docs/benchmarks.md: method, targets, one table per part."""
+
+# The report is typeset: its multiplication signs and en dashes are meant.
+# ruff: noqa: RUF001
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from . import _apps, e2e, inprocess, memory
+from ._apps import Variant
+from .inprocess import PER_CHUNK, PER_RESPONSE, SPECS, summary
+from .targets import Run, _median, checks
+
+COMMAND = "scripts/bench"
+QUICK_COMMAND = "scripts/bench --quick --out /tmp/bench"
+
+
+def _ratio(values: Sequence[float]) -> str:
+    low, mid, high = summary(values)
+    if math.isnan(mid):
+        return "–"
+    return f"{mid:.2f}× ({low:.2f}–{high:.2f})"
+
+
+def _duration(nanoseconds: float) -> str:
+    if math.isnan(nanoseconds):
+        return "–"
+    if nanoseconds >= 1000:
+        return f"{nanoseconds / 1000:.1f} µs"
+    return f"{nanoseconds:.0f} ns"
+
+
+def _ms(seconds: float) -> str:
+    return "–" if math.isnan(seconds) else f"{seconds * 1000:.2f} ms"
+
+
+def _rate(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:,.0f}"
+
+
+def _per_spec_head(*columns: str) -> list[str]:
+    """A table's head: the variant, then ``columns`` for each ASGI spec (the first one
+    named with its spec)."""
+    cells = " | ".join(" | ".join([f"spec {spec}: {columns[0]}", *columns[1:]]) for spec in SPECS)
+    return [f"| variant | {cells} |", "|---|" + "---:|" * len(columns) * len(SPECS)]
+
+
+def _inprocess_tables(samples: inprocess.Samples, variants: Sequence[Variant]) -> list[str]:
+    lines: list[str] = []
+    counts = samples.counts
+    for backend in samples.backends:
+        for measure, unit in ((PER_CHUNK, "chunk"), (PER_RESPONSE, "response")):
+            lines += [f"### {backend}, per {unit}", ""]
+            lines += _per_spec_head(f"per {unit}", "×raw ASGI", "×Starlette")
+            for variant in variants:
+                if not variant.available:
+                    cells = [f"not available: {variant.missing}", "", ""] * len(SPECS)
+                else:
+                    cells = []
+                    for spec in SPECS:
+                        key = variant.key
+                        values = samples.get(backend, measure, spec, key)
+                        cells += [
+                            _duration(_median(values)),
+                            _ratio(samples.ratios(backend, measure, spec, key, _apps.RAW)),
+                            _ratio(samples.ratios(backend, measure, spec, key, _apps.STARLETTE)),
+                        ]
+                lines.append(f"| {variant.label} | " + " | ".join(cells) + " |")
+            lines.append("")
+    lines.insert(
+        0,
+        f"{counts.rounds} interleaved rounds. Per response: the mean of {counts.responses:,} "
+        "one-chunk responses. Per chunk: the marginal cost, (time of one response of "
+        f"{counts.chunks:,} chunks − time of a one-chunk response) / {counts.chunks - 1:,}, so "
+        "that the cost of a response is not counted again spread over its chunks. Absolute "
+        "figures are medians; ratios are median (min–max) of the per-round ratios, each "
+        "taken between samples of the same round.\n",
+    )
+    return lines
+
+
+def _e2e_table(results: e2e.Results) -> list[str]:
+    counts = results.counts
+    lines = [
+        f"uvicorn (httptools, asyncio loop, ASGI spec 2.3) in a subprocess on 127.0.0.1; "
+        f"{counts.streams} concurrent streams × {counts.chunks:,} chunks, all requests sent "
+        f"at once, {counts.rounds} interleaved rounds (ratios are per round); each chunk is "
+        f"{len(_apps.CHUNK)} bytes "
+        "and the body generator passes through the event loop before each one, as a real "
+        "upstream does. Throughput is given by the wall clock and per second of the server "
+        "process's CPU time; the second is what the targets use, as other processes on a "
+        "shared machine take the CPU from the server and disturb the first. Idle time to "
+        "first byte: "
+        f"{counts.idle_requests} requests per variant, one at a time, in turn.",
+        "",
+        "| variant | throughput (chunks/s) | ×its Starlette baseline | chunks per server CPU "
+        "second | ×its Starlette baseline | TTFB under load p50 / p99 | idle TTFB p50 / p99 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for variant in e2e.VARIANTS:
+        if variant.key in results.missing:
+            lines.append(
+                f"| {variant.label} | not available: {results.missing[variant.key]} | | | | | |"
+            )
+            continue
+        load = results.load_ttfb.get(variant.key, [])
+        idle = results.idle_ttfb.get(variant.key, [])
+        lines.append(
+            f"| {variant.label} | {_rate(_median(results.throughput.get(variant.key, [])))} "
+            f"| {_ratio(results.throughput_ratios(variant.key, variant.base))} "
+            f"| {_rate(_median(results.capacity.get(variant.key, [])))} "
+            f"| {_ratio(results.capacity_ratios(variant.key, variant.base))} "
+            f"| {_ms(e2e.percentile(load, 0.5))} / {_ms(e2e.percentile(load, 0.99))} "
+            f"| {_ms(e2e.percentile(idle, 0.5))} / {_ms(e2e.percentile(idle, 0.99))} |"
+        )
+    lines.append("")
+    return lines
+
+
+def _memory_table(results: memory.Results, variants: Sequence[Variant]) -> list[str]:
+    counts = results.counts
+    lines = [
+        f"{counts.streams:,} concurrent streams held open after their head and first chunk, "
+        "one fresh subprocess per variant and ASGI path (asyncio), RSS difference per "
+        f"stream; median of {counts.rounds} run(s).",
+        "",
+        *_per_spec_head("per stream", "×Starlette"),
+    ]
+    for variant in variants:
+        if not variant.available:
+            cells = [f"not available: {variant.missing}", ""] * len(SPECS)
+        else:
+            cells = []
+            for spec in SPECS:
+                mine = _median(results.per_stream.get((spec, variant.key), []))
+                base = _median(results.per_stream.get((spec, _apps.STARLETTE), []))
+                cells += [f"{mine / 1024:.1f} KiB", f"{mine / base:.2f}×"]
+        lines.append(f"| {variant.label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def markdown(run: Run, chart_name: str) -> str:
+    mode = "quick (tiny counts: proves the harness, not the figures)" if run.quick else "full"
+    lines = [
+        "# Benchmarks",
+        "",
+        f"<!-- Written by `{COMMAND}`; edit benchmarks/markdown.py, not this file. -->",
+        "",
+        "What `header_first_stream` costs, against a raw ASGI app (the floor) and the classes "
+        "it replaces, every figure next to the same measurement of Starlette taken in the same "
+        "run. The machine is shared and noisy (other people's test runs were going on), so "
+        "read the ratios, taken between samples of the same interleaved round, rather than "
+        "the absolute figures.",
+        "",
+        f"Reproduce: `{COMMAND}` (full run, a few minutes on 2 cores; writes this file and "
+        f"`{chart_name}`). `{QUICK_COMMAND}` runs tiny counts in seconds (the test suite "
+        "runs it). `scripts/bench --help` lists the options.",
+        "",
+        f"![ratios to Starlette]({chart_name})",
+        "",
+        "## Run",
+        "",
+        f"- {run.started:%Y-%m-%d %H:%M} UTC, {mode}, {run.seconds:.0f} s",
+    ]
+    lines += [f"- {name}: {value}" for name, value in run.machine.items()]
+    lines += [
+        f"- load average (1 / 5 / 15 min): {run.load_before} at the start, "
+        f"{run.load_after} at the end",
+        "",
+        "## Targets",
+        "",
+        "Medians over the repetitions, every ASGI path and backend measured. Time to first "
+        "byte: the median of ours minus the median of Starlette's endpoint that spends the "
+        "same time before it returns its response.",
+        "",
+        "| what | target | measured | |",
+        "|---|---|---|---|",
+    ]
+    for check in checks(run):
+        status = {True: "met", False: "**missed**", None: "–"}[check.met]
+        lines.append(f"| {check.what} | {check.target} | {check.measured} | {status} |")
+    lines.append("")
+    if run.inprocess is not None:
+        lines += [
+            "## In process: cost per chunk and per response",
+            "",
+            "Each app called directly, as a server would, with a `send` that does nothing and "
+            "a `receive` that waits until cancelled (a client that stays). Spec 2.3 runs with "
+            "a disconnect listener (Starlette's `StreamingResponse` starts one for the whole "
+            "response); on spec 2.4 a disconnect shows as an `OSError` from `send`. The body "
+            "generator yields without awaiting; the SSE variants stream text that they encode "
+            "as events themselves, the others bytes. `HeaderFirstMiddleware` wraps the very "
+            "app of the Starlette row, so its ×Starlette is its ratio to the same app without "
+            "it.",
+            "",
+        ]
+        lines += _inprocess_tables(run.inprocess, run.variants)
+        lines += [
+            "Reading the per-response figures: on spec 2.3 every response pays for a task "
+            "group that runs the disconnect listener (Starlette's too), and on this machine "
+            "an anyio task group with one task costs tens of microseconds, far more than "
+            "everything else a response does. On spec 2.4 Starlette starts no task at all, so "
+            "any task group per response (a listener while the head is held back, an SSE "
+            "ping task) shows there as a ratio above 10×. The rows without a resolver and "
+            "without pings are there to tell those costs apart.",
+            "",
+        ]
+    if run.e2e is not None:
+        lines += ["## End to end", ""]
+        lines += _e2e_table(run.e2e)
+    if run.memory is not None:
+        lines += ["## Memory per open stream", ""]
+        lines += _memory_table(run.memory, run.variants)
+    return "\n".join(lines)
