@@ -1,10 +1,10 @@
 """Running a header resolver, shared by `HeaderFirstStreamingResponse` and the middleware.
 
 `ResolverOptions` holds a resolver with its timeout and failure policy, validated once
-when a response or the middleware is built; its `ResolverOptions.run` calls `resolve`.
+when a response or the middleware is built; `ResolverOptions.run` runs it.
 `ResolverAttributes` reads the timeout and the policy back as public attributes.
 
-Invariants, enforced in `resolve`:
+Invariants, enforced in `ResolverOptions.run`:
 
 1. A resolver's outcome is one of three, decided here and nowhere else: its validated
    headers; no headers (``"degrade"``, logged at WARNING); or `ResolverFailed`, which the
@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import anyio
 
 from ._headers import (
-    DEFAULT_MAX_HEAD_SIZE,
-    DEFAULT_MAX_HEADER_VALUE_SIZE,
     check_head_size,
     render_headers,
 )
@@ -38,7 +35,6 @@ __all__ = [
     "ResolverAttributes",
     "ResolverFailed",
     "ResolverOptions",
-    "resolve",
 ]
 
 logger = logging.getLogger("header_first_stream")
@@ -63,8 +59,7 @@ class ResolverCancelledError(RuntimeError):
 R = TypeVar("R", bound=Callable[..., Awaitable[HeaderSource]])
 
 
-@dataclass(frozen=True, slots=True)
-class ResolverOptions(Generic[R]):
+class ResolverOptions(NamedTuple, Generic[R]):
     """A header resolver (``None``: none) with its timeout and failure policy.
 
     Built by `checked`, once per response or middleware; read by the public attributes
@@ -75,8 +70,8 @@ class ResolverOptions(Generic[R]):
     timeout: float | None  # seconds; None waits as long as it takes
     policy: ResolverErrorPolicy
     # For the error messages of `replaced`: the resolver argument's name, what it takes.
-    option: str = field(default="header_resolver", compare=False)
-    takes: str | None = field(default=None, compare=False)
+    option: str = "header_resolver"
+    takes: str | None = None
 
     @classmethod
     def checked(
@@ -120,31 +115,57 @@ class ResolverOptions(Generic[R]):
         options = {"resolver": self.resolver, "timeout": self.timeout, "policy": self.policy}
         return self.checked(option=self.option, takes=self.takes, **{**options, **changes})
 
-    async def run(
-        self,
-        *args: Any,
-        path: str,
-        max_value: int,
-        max_head: int,
-    ) -> RawHeaders:
-        """`resolve` the resolver called with ``args``; without a resolver, no headers.
+    async def run(self, *args: Any, path: str, max_value: int, max_head: int) -> RawHeaders:
+        """Await the resolver called with ``args``; return its validated headers.
 
-        ``path`` names the request in the log; the rest is passed to `resolve`.
+        Without a resolver, no headers. ``path`` names the request in the log.
 
         Raises:
-            ResolverFailed: As `resolve` raises it.
+            ResolverFailed: It raised (a ``CancelledError`` too, when this task was not
+                cancelled), timed out, or returned an invalid, refused or oversized header
+                (over ``max_value`` bytes, or all of them over ``max_head``), and the policy
+                is ``"error"`` (500, or 504 on timeout).
         """
         resolver = self.resolver
         if resolver is None:
             return []
-        return await resolve(
-            lambda: resolver(*args),
-            self.timeout,
-            self.policy,
-            path,
-            max_value,
-            max_head,
-        )
+        seconds = self.timeout
+        try:
+            if seconds is None:
+                try:
+                    source = await resolver(*args)
+                except anyio.get_cancelled_exc_class() as exc:
+                    if cancel_requested():
+                        raise
+                    raise _stray() from exc
+            else:
+                source = await _call_in_scope(resolver(*args), seconds)
+            # Validates, and refuses framing, connection-specific and server-owned headers.
+            headers = render_headers(source)
+            if headers:
+                check_head_size(headers, max_value, max_head)
+            return headers
+        except _Timeout:
+            if self.policy == "degrade":
+                logger.warning(
+                    "header resolver timed out after %ss for %s; "
+                    "sending the response without its headers",
+                    seconds,
+                    path,
+                )
+                return []
+            logger.error("header resolver timed out after %ss for %s", seconds, path)
+            raise ResolverFailed(504, "Gateway Timeout") from None
+        except Exception:
+            if self.policy == "degrade":
+                logger.warning(
+                    "header resolver failed for %s; sending the response without its headers",
+                    path,
+                    exc_info=True,
+                )
+                return []
+            logger.exception("header resolver failed for %s", path)
+            raise ResolverFailed(500, "Internal Server Error") from None
 
 
 class ResolverAttributes:
@@ -175,67 +196,11 @@ class ResolverAttributes:
         self._resolver_options = self._resolver_options.replaced(policy=value)
 
 
-async def resolve(
-    call: Callable[[], Awaitable[HeaderSource]],
-    seconds: float | None,
-    policy: ResolverErrorPolicy,
-    path: str,
-    max_value: int = DEFAULT_MAX_HEADER_VALUE_SIZE,
-    max_head: int = DEFAULT_MAX_HEAD_SIZE,
-) -> RawHeaders:
-    """Await ``call`` within ``seconds`` (``None``: no limit); return its validated headers.
-
-    Raises:
-        ResolverFailed: It raised (a ``CancelledError`` too, when this task was not
-            cancelled), timed out, or returned an invalid, refused or oversized header
-            (over ``max_value`` bytes, or all of them over ``max_head``), and the policy
-            is ``"error"`` (500, or 504 on timeout).
-    """
-    try:
-        if seconds is None:
-            try:
-                source = await call()
-            except anyio.get_cancelled_exc_class() as exc:
-                if cancel_requested():
-                    raise
-                raise _stray() from exc
-        else:
-            source = await _call_in_scope(call, seconds)
-        # Validates, and refuses framing, connection-specific and server-owned headers.
-        headers = render_headers(source)
-        if headers:
-            check_head_size(headers, max_value, max_head)
-        return headers
-    except _Timeout:
-        if policy == "degrade":
-            logger.warning(
-                "header resolver timed out after %ss for %s; "
-                "sending the response without its headers",
-                seconds,
-                path,
-            )
-            return []
-        logger.error("header resolver timed out after %ss for %s", seconds, path)
-        raise ResolverFailed(504, "Gateway Timeout") from None
-    except Exception:
-        if policy == "degrade":
-            logger.warning(
-                "header resolver failed for %s; sending the response without its headers",
-                path,
-                exc_info=True,
-            )
-            return []
-        logger.exception("header resolver failed for %s", path)
-        raise ResolverFailed(500, "Internal Server Error") from None
-
-
-async def _call_in_scope(
-    call: Callable[[], Awaitable[HeaderSource]], seconds: float
-) -> HeaderSource:
+async def _call_in_scope(call: Awaitable[HeaderSource], seconds: float) -> HeaderSource:
     stray: BaseException | None = None
     with anyio.CancelScope(deadline=anyio.current_time() + seconds) as scope:
         try:
-            return await call()
+            return await call
         except anyio.get_cancelled_exc_class() as exc:
             if scope.cancel_called or cancel_requested():
                 raise  # the deadline, or a cancellation of this task

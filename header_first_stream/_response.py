@@ -295,21 +295,36 @@ class HeaderFirstStreamingResponse(StreamingResponse, ResolverAttributes):
         super().__init__(content, status_code, headers, media_type, background)
         # Starlette wraps a sync iterable in a thread-pool async generator; closing that
         # wrapper does not close the iterable itself, so keep it to close it too.
-        self._sync_content: object = None if self.body_iterator is content else content
-        self.peek_first_chunk = peek_first_chunk
-        self.early_error_handler = early_error_handler
-        self.end_on_shutdown = end_on_shutdown
-        self.shutdown_event = shutdown_event
-        self.shutdown_grace_period = shutdown_grace_period
-        # Body state. The iterator the peek and the loop share is created on first use,
-        # because an app may still replace `body_iterator` after construction.
-        self._iterating: AsyncIterator[Any] | None = None
-        self._exhausted = False  # the iterator ended by itself
-        self._closed = False
-        # The final body message is being sent: the listener must not cut it short.
-        self._ending = False
-        # The listener starts the server-exit polling once the stream lived a while.
-        self._polls_later = False
+        if self.body_iterator is not content:
+            self._sync_content = content
+        # The options' defaults are class attributes: only what differs is set (per request).
+        if peek_first_chunk:
+            self.peek_first_chunk = peek_first_chunk
+        if early_error_handler is not None:
+            self.early_error_handler = early_error_handler
+        if end_on_shutdown:
+            self.end_on_shutdown = end_on_shutdown
+            self.shutdown_event = shutdown_event
+            self.shutdown_grace_period = shutdown_grace_period
+
+    # Options, as given to the constructor (the defaults here).
+    peek_first_chunk = False
+    early_error_handler: EarlyErrorHandler | None = None
+    end_on_shutdown = False
+    shutdown_event: anyio.Event | None = None
+    shutdown_grace_period: float = 0
+
+    # Body state, each a class-level default until it changes. The iterator the peek and
+    # the loop share is created on first use, because an app may still replace
+    # `body_iterator` after construction.
+    _sync_content: object = None  # a sync iterable Starlette wrapped, to close it too
+    _iterating: AsyncIterator[Any] | None = None
+    _exhausted = False  # the iterator ended by itself
+    _closed = False
+    # The final body message is being sent: the listener must not cut it short.
+    _ending = False
+    # The listener starts the server-exit polling once the stream lived a while.
+    _polls_later = False
 
     # -- orchestration -------------------------------------------------------------------
 

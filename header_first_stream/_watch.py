@@ -33,13 +33,13 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import anyio
-import sniffio
 
 __all__ = [
     "Stopped",
@@ -85,15 +85,13 @@ def collapse_excgroups() -> Iterator[None]:
 
 
 def _on_asyncio() -> bool:
-    return sniffio.current_async_library() == "asyncio"
+    # The cheapest public question anyio answers about the running backend.
+    return anyio.get_cancelled_exc_class() is asyncio.CancelledError
 
 
 async def run_watched(work: Callable[..., Awaitable[None]], *args: object) -> None:
     """Run ``work(watch, *args)`` in this task; return when it ended or was stopped."""
-    if _on_asyncio():
-        await _AsyncioWatch().run(work, args)
-    else:
-        await _run_trio(work, args)
+    await _Watch(_on_asyncio()).run(work, args)
 
 
 async def first_of(call: Awaitable[T], listen: Callable[[], Awaitable[object]]) -> T:
@@ -104,7 +102,24 @@ async def first_of(call: Awaitable[T], listen: Callable[[], Awaitable[object]]) 
     """
     if _on_asyncio():
         return await _AsyncioListener(listen).first_of(call)
-    return await _first_of_trio(call, listen)
+    result: list[T] = []
+    watch = _Watch(on_asyncio=False)
+    await watch.run(_first_of_work, (call, listen, result))
+    if watch.stopped:
+        raise Stopped
+    return result[0]
+
+
+async def _first_of_work(
+    watch: Watch, call: Awaitable[T], listen: Callable[[], Awaitable[object]], result: list[T]
+) -> None:
+    watch.start_soon(_stop_when_returned, watch, listen)
+    result.append(await call)
+
+
+async def _stop_when_returned(watch: Watch, listen: Callable[[], Awaitable[object]]) -> None:
+    await listen()
+    watch.stop()
 
 
 def cancel_requested() -> bool:
@@ -117,23 +132,51 @@ def cancel_requested() -> bool:
     return False
 
 
-# -- asyncio -------------------------------------------------------------------------------
+# -- the watch -----------------------------------------------------------------------------
 
 
-class _AsyncioWatch:
-    """The response in an anyio cancel scope of this task; side tasks as bare tasks."""
+class _Side:
+    """One side task: started or not yet, finished, and how to cancel and wait for it."""
 
-    __slots__ = ("_error", "_scope", "_sides", "stopped")
+    __slots__ = ("finished", "scope", "task", "waiter")
 
     def __init__(self) -> None:
+        self.scope: anyio.CancelScope | None = None  # set once the task has started
+        self.finished = False
+        self.waiter: anyio.Event | None = None  # set by `_Watch._end_sides` to wait on
+        # asyncio keeps only a weak reference to a task: this one keeps it running.
+        self.task: asyncio.Task[None] | None = None
+
+
+class _Watch:
+    """The response in an anyio cancel scope of this task; side tasks beside it.
+
+    A side task is a bare asyncio task, or a trio system task (trio starts a task outside
+    a nursery only there): either costs a fraction of a task group. Each runs in an anyio
+    cancel scope of its own, and one that had not started when the response ended returns
+    at its first step without doing anything.
+    """
+
+    __slots__ = ("_ended", "_error", "_on_asyncio", "_scope", "_sides", "stopped")
+
+    def __init__(self, on_asyncio: bool) -> None:
         self.stopped = False
+        self._on_asyncio = on_asyncio
         self._scope = anyio.CancelScope()
-        self._sides: list[asyncio.Task[None]] = []
+        self._sides: list[_Side] = []
+        self._ended = False  # side tasks that start from now on return at once
         self._error: BaseException | None = None  # the first side task's exception
 
     def start_soon(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
-        side = asyncio.get_running_loop().create_task(self._side(fn, args))
+        side = _Side()
         self._sides.append(side)
+        task = self._side(side, fn, args)
+        if self._on_asyncio:
+            side.task = asyncio.get_running_loop().create_task(task)
+        else:
+            import trio  # only ever imported under trio
+
+            trio.lowlevel.spawn_system_task(lambda: task, context=contextvars.copy_context())
 
     def stop(self) -> None:
         self.stopped = True
@@ -148,34 +191,48 @@ class _AsyncioWatch:
             error = self._error
             if error is None:
                 raise
-            if isinstance(exc, asyncio.CancelledError):
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
                 raise error from None
             raise BaseExceptionGroup("errors in a watched response", [error, exc]) from None
         await self._end_sides()
         if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+            raise self._error
 
-    async def _side(self, fn: Callable[..., Awaitable[object]], args: tuple[object, ...]) -> None:
+    async def _side(
+        self, side: _Side, fn: Callable[..., Awaitable[object]], args: tuple[object, ...]
+    ) -> None:
+        if self._ended:
+            return  # the response ended before this task's first step
         try:
-            await fn(*args)
-        except asyncio.CancelledError:
-            raise
+            with anyio.CancelScope() as side.scope:
+                await fn(*args)
+        except anyio.get_cancelled_exc_class():
+            raise  # from outside (the event loop shutting down)
         except BaseException as exc:  # raised by `run`, as a task group raises it
             if self._error is None:
                 self._error = exc
             self.stop()
+        finally:
+            side.finished = True
+            if side.waiter is not None:
+                side.waiter.set()
 
     async def _end_sides(self) -> None:
+        self._ended = True
         sides = self._sides
         while sides:  # a side task may start another while it ends
-            pending = [side for side in sides if not side.done()]
+            running = [side for side in sides if side.scope is not None and not side.finished]
             sides.clear()
-            if not pending:
-                return
-            for side in pending:
-                side.cancel()
-            await asyncio.wait(pending)
+            for side in running:
+                assert side.scope is not None
+                side.scope.cancel()
+                side.waiter = anyio.Event()
+            for side in running:
+                assert side.waiter is not None
+                await side.waiter.wait()
+
+
+# -- asyncio -------------------------------------------------------------------------------
 
 
 class _AsyncioListener:
@@ -231,57 +288,3 @@ class _AsyncioListener:
         self._stopped = True
         assert self._host is not None
         self._host.cancel()
-
-
-# -- trio ----------------------------------------------------------------------------------
-
-
-class _TrioWatch:
-    """The response in the body of a nursery; the nursery's cancel scope is the signal."""
-
-    __slots__ = ("_nursery",)
-
-    def __init__(self, nursery: Any) -> None:
-        self._nursery = nursery
-
-    @property
-    def stopped(self) -> bool:
-        return bool(self._nursery.cancel_scope.cancel_called)
-
-    def start_soon(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
-        self._nursery.start_soon(fn, *args)
-
-    def stop(self) -> None:
-        self._nursery.cancel_scope.cancel()
-
-
-async def _run_trio(work: Callable[..., Awaitable[None]], args: tuple[object, ...]) -> None:
-    import trio  # only ever imported under trio
-
-    with collapse_excgroups():
-        async with trio.open_nursery() as nursery:
-            watch = _TrioWatch(nursery)
-            try:
-                await work(watch, *args)
-            finally:
-                watch.stop()  # the side tasks end with the response
-
-
-async def _first_of_trio(call: Awaitable[T], listen: Callable[[], Awaitable[object]]) -> T:
-    result: list[T] = []
-    stopped = False
-
-    async def work(watch: Watch) -> None:
-        async def listener() -> None:
-            nonlocal stopped
-            await listen()
-            stopped = True
-            watch.stop()
-
-        watch.start_soon(listener)
-        result.append(await call)
-
-    await _run_trio(work, ())
-    if stopped or not result:
-        raise Stopped
-    return result[0]
