@@ -177,7 +177,11 @@ def render_headers(headers: HeaderSource) -> RawHeaders:
     fields). Sizes are checked where the head is assembled (`check_head_size`).
     """
     pairs: Iterable[tuple[str, object]]
-    if isinstance(headers, Mapping):
+    if headers.__class__ is dict:  # the commonest, without the ABC check below
+        if not headers:
+            return []
+        pairs = headers.items()
+    elif isinstance(headers, Mapping):
         pairs = headers.items()
     elif isinstance(headers, str | bytes):
         raise HeaderValidationError(
@@ -231,7 +235,9 @@ def validate_own_headers(raw_headers: RawHeaders, response: str) -> None:
     """
     lengths = 0
     for name, value in raw_headers:
-        _check(name, value)
+        # `_check`, inline: this runs for every header of every response.
+        if _is_token(name) is None or _find_forbidden(value) is not None:
+            _check(name, value)  # raises, naming what is wrong
         lowered = name.lower()
         if lowered == b"content-length":
             lengths += 1

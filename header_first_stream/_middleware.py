@@ -435,10 +435,10 @@ class _Responder:
         middleware, scope, store = self.middleware, self.scope, self.store
         try:
             resolved = await middleware._resolver_options.run(
-                scope,
-                path=scope.get("path", ""),
-                max_value=middleware.max_header_value_size,
-                max_head=middleware.max_head_size,
+                (scope,),
+                scope.get("path", ""),
+                middleware.max_header_value_size,
+                middleware.max_head_size,
             )
         except ResolverFailed as failure:
             return self.error(failure.status, failure.reason, store.take())

@@ -97,6 +97,12 @@ class ResolverOptions(NamedTuple, Generic[R]):
             TypeError: ``resolver`` is not callable.
             ValueError: ``timeout`` or ``policy`` is out of range.
         """
+        if resolver is None and timeout is None and policy == "error":
+            # The defaults, shared: a response without a resolver builds no value.
+            default = _DEFAULTS.get((option, takes))
+            if default is None:
+                default = _DEFAULTS[option, takes] = cls(None, None, "error", option, takes)
+            return default
         if resolver is not None and not callable(resolver):
             taking = "" if takes is None else f" taking {takes}"
             raise TypeError(
@@ -115,7 +121,9 @@ class ResolverOptions(NamedTuple, Generic[R]):
         options = {"resolver": self.resolver, "timeout": self.timeout, "policy": self.policy}
         return self.checked(option=self.option, takes=self.takes, **{**options, **changes})
 
-    async def run(self, *args: Any, path: str, max_value: int, max_head: int) -> RawHeaders:
+    async def run(
+        self, args: tuple[Any, ...], path: str, max_value: int, max_head: int
+    ) -> RawHeaders:
         """Await the resolver called with ``args``; return its validated headers.
 
         Without a resolver, no headers. ``path`` names the request in the log.
@@ -166,6 +174,9 @@ class ResolverOptions(NamedTuple, Generic[R]):
                 return []
             logger.exception("header resolver failed for %s", path)
             raise ResolverFailed(500, "Internal Server Error") from None
+
+
+_DEFAULTS: dict[tuple[str, str | None], ResolverOptions[Any]] = {}
 
 
 class ResolverAttributes:

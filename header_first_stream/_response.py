@@ -53,7 +53,6 @@ import math
 import types
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import nullcontext, suppress
-from functools import partial
 from typing import Any, NamedTuple
 
 import anyio
@@ -352,7 +351,8 @@ class HeaderFirstStreamingResponse(StreamingResponse, ResolverAttributes):
                 except OSError as exc:
                     raise ClientDisconnect() from exc
         finally:
-            await self._close_once()
+            if self._must_close():  # whatever `_respond` did not close
+                await self._close_body()
         if self.background is not None:
             await self.background()
 
@@ -379,9 +379,7 @@ class HeaderFirstStreamingResponse(StreamingResponse, ResolverAttributes):
         stop = unwatched if is_head(scope) else self._start_tasks(watch)
         try:
             watch.start_soon(self._listen, receive, watch, listening)
-            # Without a resolver or a peek, nothing can have held the head back.
-            watched = self.header_resolver is not None or self.peek_first_chunk
-            await self._respond(scope, send, watched=watched, listening=listening)
+            await self._respond(scope, send, listening)
         finally:
             stop()
 
@@ -389,9 +387,7 @@ class HeaderFirstStreamingResponse(StreamingResponse, ResolverAttributes):
         # Spec 2.4 with a resolver and no peek: listen only while the head is held back,
         # and only if it waits at all (a resolver that returns at once starts nothing).
         try:
-            prepared = await first_of(
-                self._prepare(scope), partial(self._wait_for_disconnect, receive)
-            )
+            prepared = await first_of(self._prepare(scope), self._wait_for_disconnect, receive)
         except Stopped:
             # The client left while the head was held back: send nothing, even if the
             # resolver ended without noticing.
@@ -456,40 +452,58 @@ class HeaderFirstStreamingResponse(StreamingResponse, ResolverAttributes):
         watch.stop()
 
     async def _respond(
-        self,
-        scope: Scope,
-        send: Send,
-        *,
-        watched: bool = False,
-        listening: anyio.CancelScope | None = None,
+        self, scope: Scope, send: Send, listening: anyio.CancelScope | None = None
     ) -> None:
         """Decide the head, send it and the body, then close the body, in this task.
 
-        ``watched``: a listener runs beside and the head may have waited; ``listening``:
-        the listener's scope, to cancel once the head is out (``None``: to the end).
+        ``listening``: the listener's scope, to cancel once the head is out (``None``: the
+        listener, if any, listens to the end).
         """
         try:
             if self._own_stream_response:
                 with suppress(_Answered):
                     await self.stream_response(_HeadFirstSend(self, scope, send, listening))
                 return
-            prepared = await self._prepare(scope)
-            if watched:
+            if self.peek_first_chunk or self._resolver_options.resolver is not None:
+                prepared = await self._prepare(scope)
                 # The client left, or the request was cancelled, while the head was held
                 # back: send nothing, even if the resolver ended without noticing (a
                 # shielded scope, a worker thread). Raises only then.
                 await anyio.lowlevel.checkpoint_if_cancelled()
+            else:
+                prepared = self._head(scope, [])  # nothing to wait for
             if listening is not None:
                 listening.cancel()
             await self._send_prepared(scope, send, prepared)
         finally:
-            await self._close_once()  # in the task that iterated it, in its context
+            if self._must_close():  # inside the watch that iterated it, in its context
+                await self._close_body()
 
     # -- the head ------------------------------------------------------------------------
 
     async def _prepare(self, scope: Scope) -> _Prepared:
         """Decide the head: run the peek and the resolver; send nothing."""
-        return self._checked(scope, await self._decide(scope))
+        if self.peek_first_chunk and not is_head(scope):
+            return await self._prepare_after_peek(scope)
+        resolved: RawHeaders = []
+        if self._resolver_options.resolver is not None:  # the common path, inline
+            try:
+                # A resolver for the peek gets no chunk on HEAD, whose body is never read.
+                resolved = await self._resolve(scope, (None,) if self.peek_first_chunk else ())
+            except ResolverFailed as failure:
+                return self._checked(scope, self._failed(scope, failure))
+        return self._head(scope, resolved)
+
+    def _head(self, scope: Scope, resolved: RawHeaders) -> _Prepared:
+        """The head of the stream, with the late headers (taken only now: a resolver may
+        itself add request-scoped headers) and the resolver's."""
+        late = take_late_headers(scope, resolved)
+        return self._checked(
+            scope, self._merged_head(scope, self.status_code, self.raw_headers, late, resolved)
+        )
+
+    def _failed(self, scope: Scope, failure: ResolverFailed) -> _Prepared:
+        return _error(failure.status, failure.reason, take_late_headers(scope))
 
     def _checked(self, scope: Scope, prepared: _Prepared) -> _Prepared:
         try:  # once per head, whichever head was decided
@@ -502,34 +516,33 @@ class HeaderFirstStreamingResponse(StreamingResponse, ResolverAttributes):
             return _error(500, "Internal Server Error", [])
         return prepared
 
-    async def _decide(self, scope: Scope) -> _Prepared:
+    async def _prepare_after_peek(self, scope: Scope) -> _Prepared:
+        return self._checked(scope, await self._decide_after_peek(scope))
+
+    async def _decide_after_peek(self, scope: Scope) -> _Prepared:
         first_chunk: bytes | memoryview | None = None
         first_item: Any = None  # the first chunk as the iterator gave it, for the resolver
         body_ended = False
         early_error: Exception | None = None
-        if self.peek_first_chunk and not is_head(scope):
-            try:
-                first_item = await anext(self._body())
-                # Encoded now: a chunk that cannot be sent is an early error, not a 200.
-                first_chunk = self._encode_first(first_item)
-            except StopAsyncIteration:
-                body_ended = self._exhausted = True
-            except Exception as exc:
-                early_error = exc
-                first_item = None  # the resolver sees no chunk of a failed body
+        try:
+            first_item = await anext(self._body())
+            # Encoded now: a chunk that cannot be sent is an early error, not a 200.
+            first_chunk = self._encode_first(first_item)
+        except StopAsyncIteration:
+            body_ended = self._exhausted = True
+        except Exception as exc:
+            early_error = exc
+            first_item = None  # the resolver sees no chunk of a failed body
         resolved: RawHeaders = []
-        if self.header_resolver is not None:
+        if self._resolver_options.resolver is not None:
             try:
-                resolved = await self._resolve(scope, first_item)
+                resolved = await self._resolve(scope, (first_item,))
             except ResolverFailed as failure:
-                return _error(failure.status, failure.reason, take_late_headers(scope))
-        # Taken only now: a resolver may itself add request-scoped headers.
+                return self._failed(scope, failure)
         late = take_late_headers(scope, resolved)
         if early_error is not None:
             return self._early_error(scope, early_error, merge_headers(late, resolved))
         head = self._merged_head(scope, self.status_code, self.raw_headers, late, resolved)
-        if first_chunk is None and not body_ended:
-            return head
         return _Prepared(head.start, first_chunk, body_ended, head.error_body)
 
     def _merged_head(
@@ -559,13 +572,10 @@ class HeaderFirstStreamingResponse(StreamingResponse, ResolverAttributes):
     def header_resolver(self, value: HeaderResolver | ChunkHeaderResolver | None) -> None:
         self._resolver_options = self._resolver_options.replaced(resolver=value)
 
-    async def _resolve(self, scope: Scope, first: Any) -> RawHeaders:
-        # Which of the two signatures the resolver has depends on the peek.
+    async def _resolve(self, scope: Scope, args: tuple[Any, ...]) -> RawHeaders:
+        # ``args``: the peeked first chunk with `peek_first_chunk`, else nothing.
         return await self._resolver_options.run(
-            *((first,) if self.peek_first_chunk else ()),
-            path=scope.get("path", ""),
-            max_value=self.max_header_value_size,
-            max_head=self.max_head_size,
+            args, scope.get("path", ""), self.max_header_value_size, self.max_head_size
         )
 
     def _early_error(self, scope: Scope, exc: Exception, late: RawHeaders) -> _Prepared:
@@ -608,7 +618,8 @@ class HeaderFirstStreamingResponse(StreamingResponse, ResolverAttributes):
                 chunk = chunk.encode(charset)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         self._exhausted = True
-        await self._send_last(send, b"")
+        self._ending = True  # `_send_last`, inline: one coroutine less per response
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _encode_first(self, chunk: Any) -> bytes | memoryview:
         """Encode the peeked first chunk; a subclass that encodes differently overrides it."""
@@ -633,14 +644,14 @@ class HeaderFirstStreamingResponse(StreamingResponse, ResolverAttributes):
         sync = self._sync_content
         return hasattr(sync, "close") and not isinstance(sync, types.GeneratorType)
 
-    async def _close_once(self) -> None:
-        # Called where the response ends in the task that iterated the body, and again
-        # by `__call__` for every other exit; only the first call closes.
+    def _must_close(self) -> bool:
+        # Asked where the response ends inside its watch, and again by `__call__` for every
+        # other exit: only the first asking closes (a plain call, not a coroutine, as the
+        # answer is mostly no).
         if self._closed:
-            return
+            return False
         self._closed = True
-        if self._needs_closing():
-            await self._close_body()
+        return self._needs_closing()
 
     async def _close_body(self) -> None:
         # Shielded: on a disconnect this runs inside a cancelled scope, and the
@@ -699,7 +710,7 @@ class _HeadFirstSend:
         failed: ResolverFailed | None = None
         if response.header_resolver is not None:
             try:
-                resolved = await response._resolve(scope, None)
+                resolved = await response._resolve(scope, ())
             except ResolverFailed as failure:
                 failed = failure
         late = take_late_headers(scope, resolved)

@@ -1,20 +1,22 @@
 """Running a response while the client is watched: the package's one backend-specific module.
 
-Everything else in the package is anyio. This module is not, because anyio's task group is
+Everything else in the package is anyio. This module is not, because an anyio task group is
 the largest cost of a response: ~80 us on asyncio and ~95 us on trio per response on the
 benchmark machine, against ~5 us for a whole Starlette response at ASGI spec 2.4 (figures
-and commands in ``docs/benchmarks.md``). What it gives instead, on each backend:
+and commands in ``docs/benchmarks.md``). What it gives instead:
 
-- `run_watched`: the response runs in the request's own task, inside one stop signal (a
-  cancel scope); side tasks (the disconnect listener, pings, the server-exit polling) run
-  beside it and may stop it. asyncio: an anyio `CancelScope` and bare tasks (~10 us); trio:
-  a nursery, which already is that scope (~55 us).
+- `run_watched`: the response runs in the request's own task, inside one stop signal (an
+  anyio cancel scope); side tasks (the disconnect listener, pings, the server-exit polling)
+  run beside it and may stop it. A side task is a bare asyncio task, or a trio system task
+  (the only trio task that needs no nursery), each in an anyio cancel scope of its own; one
+  that had not started when the response ended returns at its first step, so a response
+  that never waits pays for no listener's work.
 - `first_of`: await one call (the head's resolver) unless the client leaves first.
   asyncio: the listener task is started by a callback at the event loop's next pass, so
-  a call that returns without waiting (a no-op or cached resolver) starts nothing; one
+  a call that returns without waiting (a no-op or cached resolver) starts no task; one
   that waits gets the listener, which cancels the request's task as ``asyncio.timeout``
-  does (``Task.cancel``, counted with ``uncancel``). trio: a nursery, as `run_watched`
-  (trio cancels only through a scope, and its tasks only start in a nursery).
+  does (``Task.cancel``, counted with ``uncancel``). trio: `run_watched`, with the
+  listener as its side task (trio cancels only through a scope entered beforehand).
 - `cancel_requested`: whether the running task is being cancelled, told apart from a
   ``CancelledError`` some code raised on its own.
 
@@ -22,11 +24,11 @@ Invariants:
 
 1. One signal says "stop": `Watch.stop()` (or `Stopped`, from `first_of`); `Watch.stopped`
    reads it. Nothing else decides that the client left.
-2. No side task outlives the call that started it: each is cancelled and waited for
-   before `run_watched` and `first_of` return, however they end.
+2. No side task outlives the call that started it: one that started is cancelled and
+   waited for before `run_watched` and `first_of` return, however they end; one that had
+   not started does nothing when it does.
 3. A side task's exception stops the response and is raised by `run_watched` (when the
-   response itself did not raise), as a task group raises it; one exception is raised as
-   itself, never wrapped in a group.
+   response itself did not raise; with it, both in a group), as a task group raises it.
 4. A cancellation from outside propagates: the stop signal absorbs only its own.
 """
 
@@ -35,9 +37,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import math
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from typing import Protocol, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 import anyio
 
@@ -45,7 +46,6 @@ __all__ = [
     "Stopped",
     "Watch",
     "cancel_requested",
-    "collapse_excgroups",
     "first_of",
     "run_watched",
 ]
@@ -71,54 +71,76 @@ class Watch(Protocol):
         """Cancel the response and its side tasks (the client left, the server exits)."""
 
 
-@contextmanager
-def collapse_excgroups() -> Iterator[None]:
-    """Raise the one exception of a group as itself, as Starlette does for its task group."""
+def _asyncio_task() -> asyncio.Task[Any] | None:
+    """The running asyncio task; ``None`` under trio (even as a guest of asyncio's loop)."""
     try:
-        yield
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) != 1:
-            raise
-        exc = group.exceptions[0]
-        context = None if exc.__suppress_context__ else exc.__context__
-        raise exc from exc.__cause__ or context
-
-
-def _on_asyncio() -> bool:
-    # The cheapest public question anyio answers about the running backend.
-    return anyio.get_cancelled_exc_class() is asyncio.CancelledError
+        return asyncio.current_task()
+    except RuntimeError:  # no asyncio event loop in this thread
+        return None
 
 
 async def run_watched(work: Callable[..., Awaitable[None]], *args: object) -> None:
     """Run ``work(watch, *args)`` in this task; return when it ended or was stopped."""
-    await _Watch(_on_asyncio()).run(work, args)
+    await _Watch(_asyncio_task() is not None).run(work, args)
 
 
-async def first_of(call: Awaitable[T], listen: Callable[[], Awaitable[object]]) -> T:
-    """Await ``call`` in this task, unless ``listen()`` returns first.
+async def first_of(
+    call: Awaitable[T], listen: Callable[..., Awaitable[object]], *args: object
+) -> T:
+    """Await ``call`` in this task, unless ``listen(*args)`` returns first.
 
     Raises:
         Stopped: ``listen()`` returned first; ``call`` was cancelled (or ended anyway).
     """
-    if _on_asyncio():
-        return await _AsyncioListener(listen).first_of(call)
-    result: list[T] = []
-    watch = _Watch(on_asyncio=False)
-    await watch.run(_first_of_work, (call, listen, result))
-    if watch.stopped:
-        raise Stopped
-    return result[0]
+    host = _asyncio_task()
+    if host is None:
+        result: list[T] = []
+        watch = _Watch(on_asyncio=False)
+        await watch.run(_first_of_work, (call, listen, args, result))
+        if watch.stopped:
+            raise Stopped
+        return result[0]
+    # asyncio: in one coroutine, as this is on the path of every held head.
+    listener = _AsyncioListener(host, listen, args)
+    cancelling = host.cancelling()
+    # Runs at the event loop's next pass, which comes only if `call` waits: a call that
+    # returns at once (a no-op or cached resolver) starts no task.
+    start = host.get_loop().call_soon(listener.start)
+    try:
+        result_ = await call
+    except asyncio.CancelledError:
+        # Ours, and no other cancellation besides it: the client left (or the listener
+        # failed, which a task group would raise too).
+        if not listener.stopped or host.uncancel() > cancelling:
+            raise
+    else:
+        if not listener.stopped:
+            return result_
+        host.uncancel()  # delivered, and swallowed by the call: still stopped
+    finally:
+        start.cancel()
+        if listener.started:
+            await listener.end()
+    if listener.error is not None:
+        raise listener.error
+    raise Stopped
 
 
 async def _first_of_work(
-    watch: Watch, call: Awaitable[T], listen: Callable[[], Awaitable[object]], result: list[T]
+    watch: Watch,
+    call: Awaitable[T],
+    listen: Callable[..., Awaitable[object]],
+    args: tuple[object, ...],
+    result: list[T],
 ) -> None:
-    watch.start_soon(_stop_when_returned, watch, listen)
+    watch.start_soon(_stop_when_returned, watch, listen, args)
     result.append(await call)
 
 
-async def _stop_when_returned(watch: Watch, listen: Callable[[], Awaitable[object]]) -> None:
-    await listen()
+async def _stop_when_returned(
+    watch: Watch, listen: Callable[..., Awaitable[object]], args: tuple[object, ...]
+) -> None:
+    await listen(*args)
     watch.stop()
 
 
@@ -126,10 +148,8 @@ def cancel_requested() -> bool:
     """Whether this task is being cancelled (by any scope, or a native ``Task.cancel``)."""
     if anyio.current_effective_deadline() == -math.inf:
         return True
-    if _on_asyncio():
-        task = asyncio.current_task()
-        return task is not None and task.cancelling() > 0
-    return False
+    task = _asyncio_task()
+    return task is not None and task.cancelling() > 0
 
 
 # -- the watch -----------------------------------------------------------------------------
@@ -170,13 +190,32 @@ class _Watch:
     def start_soon(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
         side = _Side()
         self._sides.append(side)
-        task = self._side(side, fn, args)
+        # Started at the event loop's next pass, which a response that never waits ends
+        # before: then no task is created at all.
+        context = contextvars.copy_context()
         if self._on_asyncio:
-            side.task = asyncio.get_running_loop().create_task(task)
+            asyncio.get_running_loop().call_soon(self._spawn, side, fn, args, context=context)
         else:
             import trio  # only ever imported under trio
 
-            trio.lowlevel.spawn_system_task(lambda: task, context=contextvars.copy_context())
+            token = trio.lowlevel.current_trio_token()
+            token.run_sync_soon(self._spawn, side, fn, args, context)
+
+    def _spawn(
+        self,
+        side: _Side,
+        fn: Callable[..., Awaitable[object]],
+        args: tuple[object, ...],
+        context: contextvars.Context | None = None,
+    ) -> None:
+        if self._ended:
+            return  # the response ended first
+        if self._on_asyncio:
+            side.task = asyncio.get_running_loop().create_task(self._side(side, fn, args))
+        else:
+            import trio
+
+            trio.lowlevel.spawn_system_task(self._side, side, fn, args, context=context)
 
     def stop(self) -> None:
         self.stopped = True
@@ -236,55 +275,43 @@ class _Watch:
 
 
 class _AsyncioListener:
-    """`first_of`'s listener: a task, started only once this task waits, that cancels it."""
+    """`first_of`'s listener on asyncio: a task, started once the host waits, that cancels it."""
 
-    __slots__ = ("_error", "_host", "_listen", "_side", "_stopped")
+    __slots__ = ("_args", "_host", "_listen", "_side", "error", "stopped")
 
-    def __init__(self, listen: Callable[[], Awaitable[object]]) -> None:
+    def __init__(
+        self,
+        host: asyncio.Task[Any],
+        listen: Callable[..., Awaitable[object]],
+        args: tuple[object, ...],
+    ) -> None:
+        self._host = host
         self._listen = listen
-        self._host = asyncio.current_task()
+        self._args = args
         self._side: asyncio.Task[None] | None = None
-        self._stopped = False
-        self._error: BaseException | None = None  # the listener's own exception
+        self.stopped = False  # it returned, and cancelled the host
+        self.error: BaseException | None = None  # its own exception
 
-    async def first_of(self, call: Awaitable[T]) -> T:
-        host = self._host
-        assert host is not None  # first_of runs in a task
-        cancelling = host.cancelling()
-        # Runs at the event loop's next pass, which comes only if `call` waits: a call
-        # that returns at once (a no-op or cached resolver) starts no task.
-        start = asyncio.get_running_loop().call_soon(self._start)
-        try:
-            result = await call
-        except asyncio.CancelledError:
-            # Ours, and no other cancellation besides it: the client left (or the
-            # listener failed, which a task group would raise too).
-            if not self._stopped or host.uncancel() > cancelling:
-                raise
-        else:
-            if not self._stopped:
-                return result
-            host.uncancel()  # delivered, and swallowed by the call: still stopped
-        finally:
-            start.cancel()
-            side = self._side
-            if side is not None and not side.done():
-                side.cancel()
-                await asyncio.wait((side,))
-        if self._error is not None:
-            raise self._error
-        raise Stopped
+    @property
+    def started(self) -> bool:
+        return self._side is not None
 
-    def _start(self) -> None:
-        self._side = asyncio.get_running_loop().create_task(self._run())
+    def start(self) -> None:
+        self._side = self._host.get_loop().create_task(self._run())
+
+    async def end(self) -> None:
+        side = self._side
+        assert side is not None  # called once started
+        if not side.done():
+            side.cancel()
+            await asyncio.wait((side,))
 
     async def _run(self) -> None:
         try:
-            await self._listen()
+            await self._listen(*self._args)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            self._error = exc
-        self._stopped = True
-        assert self._host is not None
+            self.error = exc
+        self.stopped = True
         self._host.cancel()
