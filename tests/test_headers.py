@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import string
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -54,6 +56,15 @@ def test_mapping_is_rendered_lower_case_with_ints_as_decimal_and_ows_stripped() 
         (b"x-tab", b"a\tb"),
         (b"x-neg", b"-1"),
     ]
+
+
+def test_any_mapping_is_rendered_as_a_dict_is() -> None:
+    source = {"X-A": "1", "x-b": 2}
+    expected = [(b"x-a", b"1"), (b"x-b", b"2")]
+    assert render_headers(source) == expected
+    assert render_headers(types.MappingProxyType(source)) == expected
+    assert render_headers(collections.OrderedDict(source)) == expected
+    assert render_headers(types.MappingProxyType({})) == []
 
 
 def test_pairs_keep_their_order_and_repeated_names() -> None:
