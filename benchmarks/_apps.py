@@ -218,20 +218,26 @@ def variants() -> list[Variant]:
     ]
 
 
-def http_scope(spec_version: str, path: str = "/") -> Scope:
-    """A fresh HTTP scope, as a server gives one per request."""
-    return {
+def http_scope(
+    method: str = "GET", path: str = "/", spec_version: str = "2.3", **extra: Any
+) -> Scope:
+    """A fresh HTTP scope, as a server gives one per request; ``extra`` adds or replaces keys.
+
+    The tests build theirs with it too (`tests._asgi`).
+    """
+    scope: Scope = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": spec_version},
         "http_version": "1.1",
-        "method": "GET",
+        "method": method,
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"host", b"bench")],
-        "client": ("127.0.0.1", 40000),
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 12345),
         "server": ("127.0.0.1", 80),
-        "state": {},
     }
+    scope.update(extra)
+    return scope

@@ -82,7 +82,7 @@ def _child(key: str, spec: str, streams: int) -> dict[str, Any]:
         raise AssertionError("unreachable")
 
     async def stream() -> None:
-        await make(1, parking)(http_scope(spec), receive, send)
+        await make(1, parking)(http_scope(spec_version=spec, state={}), receive, send)
 
     async def open_streams(group: anyio.abc.TaskGroup, count: int) -> None:
         # In batches, each parked before the next opens: what is measured is what an

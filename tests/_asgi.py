@@ -16,30 +16,9 @@ import httpx
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope
 
+from benchmarks._apps import http_scope as http_scope
 from header_first_stream._late import CURRENT
 from header_first_stream._types import HeaderSource
-
-
-def http_scope(
-    method: str = "GET", path: str = "/", spec_version: str = "2.3", **extra: Any
-) -> Scope:
-    """A minimal HTTP scope, as a server would give it."""
-    scope: Scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": spec_version},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver")],
-        "client": ("127.0.0.1", 12345),
-        "server": ("127.0.0.1", 80),
-    }
-    scope.update(extra)
-    return scope
 
 
 def websocket_scope(path: str = "/ws") -> Scope:
