@@ -17,8 +17,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope
 
 from benchmarks._apps import http_scope as http_scope
+from header_first_stream import late_headers
 from header_first_stream._late import CURRENT
 from header_first_stream._types import HeaderSource
+
+
+def scope_with_request_id(request_id: str, **scope: Any) -> Scope:
+    """An `http_scope` (of the arguments ``scope``) whose late-header store already holds
+    ``x-request-id: request_id``, as if a middleware before the app had added it."""
+    built = http_scope(**scope)
+    late_headers(built).add("x-request-id", request_id)
+    return built
 
 
 def websocket_scope(path: str = "/ws") -> Scope:

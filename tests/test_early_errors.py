@@ -29,6 +29,7 @@ from ._asgi import (
     http_scope,
     receive_disconnect_after,
     resolver_of,
+    scope_with_request_id,
     sent,
     start,
 )
@@ -114,8 +115,7 @@ async def test_an_early_error_handler_turns_an_upstream_429_into_a_429_with_retr
     async def resolver(first: Chunk | None) -> Mapping[str, str | int]:
         return {"x-ratelimit-limit-requests": 100, "x-ratelimit-remaining-requests": 0}
 
-    scope = http_scope(spec_version=spec)
-    late_headers(scope).add("x-request-id", "req-2")
+    scope = scope_with_request_id("req-2", spec_version=spec)
     response = HeaderFirstStreamingResponse(
         body(),
         media_type="text/event-stream",
@@ -228,8 +228,7 @@ async def test_peek_of_an_empty_body_sends_the_head_and_an_empty_body(spec: str)
 async def test_exception_before_the_first_chunk_gives_the_default_502_with_late_headers(
     spec: str, logs: pytest.LogCaptureFixture
 ) -> None:
-    scope = http_scope(path="/v1/messages", spec_version=spec)
-    late_headers(scope).add("x-request-id", "req-1")
+    scope = scope_with_request_id("req-1", path="/v1/messages", spec_version=spec)
     error = ConnectionError("upstream refused: token sk-secret")
     seen: list[object] = []
 

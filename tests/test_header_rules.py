@@ -34,7 +34,7 @@ from header_first_stream._headers import (
 )
 from header_first_stream._types import HeaderResolver, HeaderSource
 
-from ._asgi import call, http_scope
+from ._asgi import call, http_scope, scope_with_request_id
 
 ERROR_500 = [
     (b"content-type", b"text/plain; charset=utf-8"),
@@ -212,8 +212,7 @@ def test_validate_own_headers_accepts_other_headers_and_refuses_control_characte
 async def test_a_stream_with_its_own_framing_header_gives_a_500_with_the_late_headers(
     name: str, value: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    scope = http_scope()
-    late_headers(scope).add("x-request-id", "r1")
+    scope = scope_with_request_id("r1")
     response = HeaderFirstStreamingResponse(body(), headers={name: value})
     recorder = await call(response, scope)
     assert recorder.status == 500
@@ -303,8 +302,7 @@ async def failing_body() -> AsyncIterator[bytes]:
 async def test_an_early_error_response_with_a_framing_header_goes_out_framed_by_its_body(
     headers: dict[str, str],
 ) -> None:
-    scope = http_scope()
-    late_headers(scope).add("x-request-id", "r1")
+    scope = scope_with_request_id("r1")
     response = HeaderFirstStreamingResponse(
         failing_body(),
         peek_first_chunk=True,

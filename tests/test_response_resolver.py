@@ -28,6 +28,7 @@ from ._asgi import (
     chunk,
     http_scope,
     resolver_of,
+    scope_with_request_id,
     sent,
     start,
     tracked,
@@ -153,8 +154,7 @@ async def test_peek_without_a_resolver_streams_normally(spec: str) -> None:
 async def test_resolver_exception_gives_500_without_its_text_and_is_logged_with_the_path(
     spec: str, logs: pytest.LogCaptureFixture
 ) -> None:
-    scope = http_scope(path="/v1/chat/completions", spec_version=spec)
-    late_headers(scope).add("x-request-id", "req-1")
+    scope = scope_with_request_id("req-1", path="/v1/chat/completions", spec_version=spec)
     error = RuntimeError("upstream key sk-secret-123 rejected")
 
     async def resolver() -> dict[str, str]:
@@ -203,8 +203,7 @@ async def test_resolver_that_returns_within_its_timeout_is_used() -> None:
 async def test_degrade_streams_without_resolver_headers_and_warns(
     spec: str, logs: pytest.LogCaptureFixture
 ) -> None:
-    scope = http_scope(path="/p", spec_version=spec)
-    late_headers(scope).add("x-request-id", "req-1")
+    scope = scope_with_request_id("req-1", path="/p", spec_version=spec)
 
     async def resolver() -> dict[str, str]:
         raise RuntimeError("limiter down")
@@ -316,8 +315,7 @@ async def test_invalid_resolver_header_under_degrade_streams_without_it(
 async def test_invalid_own_header_gives_500(
     headers: dict[str, str], reason: str, logs: pytest.LogCaptureFixture
 ) -> None:
-    scope = http_scope(path="/p")
-    late_headers(scope).add("x-request-id", "req-1")
+    scope = scope_with_request_id("req-1", path="/p")
     body = TrackedBody(b"never")
     response = HeaderFirstStreamingResponse(
         body, headers=headers, header_resolver=resolver_of({"x-late": "1"})
