@@ -262,6 +262,21 @@ def resolver_of(headers: Any, *, waits: bool = False) -> Any:
     return resolver
 
 
+def failing_resolver(error: BaseException) -> Any:
+    """A header resolver that raises ``error``."""
+
+    async def resolver(*first: object) -> Any:
+        raise error
+
+    return resolver
+
+
+async def never_resolves(*first: object) -> Any:
+    """A header resolver that never returns: only its response's ``resolver_timeout`` ends it."""
+    await anyio.sleep_forever()
+    raise AssertionError("unreachable")
+
+
 async def stale_cancellation() -> BaseException:
     """A cancellation caught in a cancel scope that has exited since: no longer anyone's."""
     with anyio.CancelScope() as scope:

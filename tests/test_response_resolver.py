@@ -26,7 +26,9 @@ from ._asgi import (
     TrackedBody,
     call,
     chunk,
+    failing_resolver,
     http_scope,
+    never_resolves,
     resolver_of,
     scope_with_request_id,
     sent,
@@ -156,12 +158,8 @@ async def test_resolver_exception_gives_500_without_its_text_and_is_logged_with_
 ) -> None:
     scope = scope_with_request_id("req-1", path="/v1/chat/completions", spec_version=spec)
     error = RuntimeError("upstream key sk-secret-123 rejected")
-
-    async def resolver() -> dict[str, str]:
-        raise error
-
     body = TrackedBody(b"never")
-    response = HeaderFirstStreamingResponse(body, header_resolver=resolver)
+    response = HeaderFirstStreamingResponse(body, header_resolver=failing_resolver(error))
     recorder = await call(response, scope)
 
     assert sent(recorder) == plain_error(500, ERROR_500, (b"x-request-id", b"req-1"))
@@ -173,13 +171,10 @@ async def test_resolver_exception_gives_500_without_its_text_and_is_logged_with_
 
 @SPECS
 async def test_resolver_timeout_gives_504(spec: str, logs: pytest.LogCaptureFixture) -> None:
-
-    async def resolver() -> dict[str, str]:
-        await anyio.sleep_forever()
-        raise AssertionError("unreachable")
-
     body = TrackedBody(b"never")
-    response = HeaderFirstStreamingResponse(body, header_resolver=resolver, resolver_timeout=0.05)
+    response = HeaderFirstStreamingResponse(
+        body, header_resolver=never_resolves, resolver_timeout=0.05
+    )
     recorder = await call(response, http_scope(path="/p", spec_version=spec))
 
     assert sent(recorder) == plain_error(504, b"Gateway Timeout")
@@ -204,14 +199,10 @@ async def test_degrade_streams_without_resolver_headers_and_warns(
     spec: str, logs: pytest.LogCaptureFixture
 ) -> None:
     scope = scope_with_request_id("req-1", path="/p", spec_version=spec)
-
-    async def resolver() -> dict[str, str]:
-        raise RuntimeError("limiter down")
-
     response = HeaderFirstStreamingResponse(
         TrackedBody(b"a", b"b"),
         headers={"x-own": "1"},
-        header_resolver=resolver,
+        header_resolver=failing_resolver(RuntimeError("limiter down")),
         on_resolver_error="degrade",
     )
     recorder = await call(response, scope)
@@ -230,14 +221,9 @@ async def test_degrade_streams_without_resolver_headers_and_warns(
 async def test_degrade_on_timeout_streams_without_resolver_headers_and_warns(
     logs: pytest.LogCaptureFixture,
 ) -> None:
-
-    async def resolver() -> dict[str, str]:
-        await anyio.sleep_forever()
-        raise AssertionError("unreachable")
-
     response = HeaderFirstStreamingResponse(
         TrackedBody(b"a"),
-        header_resolver=resolver,
+        header_resolver=never_resolves,
         resolver_timeout=0.05,
         on_resolver_error="degrade",
     )
