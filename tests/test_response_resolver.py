@@ -156,10 +156,10 @@ async def test_peek_without_a_resolver_streams_normally(spec: str) -> None:
 async def test_resolver_exception_gives_500_without_its_text_and_is_logged_with_the_path(
     spec: str, logs: pytest.LogCaptureFixture
 ) -> None:
-    scope = scope_with_request_id("req-1", path="/v1/chat/completions", spec_version=spec)
     error = RuntimeError("upstream key sk-secret-123 rejected")
     body = TrackedBody(b"never")
     response = HeaderFirstStreamingResponse(body, header_resolver=failing_resolver(error))
+    scope = scope_with_request_id("req-1", path="/v1/chat/completions", spec_version=spec)
     recorder = await call(response, scope)
 
     assert sent(recorder) == plain_error(500, ERROR_500, (b"x-request-id", b"req-1"))
