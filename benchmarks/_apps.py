@@ -22,7 +22,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import header_first_stream
-from header_first_stream import HeaderFirstStreamingResponse
+from header_first_stream import HeaderFirstStreamingResponse, HeaderResolver
 
 CHUNK = b'data: {"token": "hello"}\n\n'
 EVENT_DATA = '{"token": "hello"}'
@@ -92,13 +92,15 @@ def _starlette(count: int, body: Body = chunks) -> ASGIApp:
     return app
 
 
-def _ours(count: int, body: Body = chunks) -> ASGIApp:
+def ours(count: int, body: Body = chunks, resolver: HeaderResolver = noop_resolver) -> ASGIApp:
+    """The variant `OURS`; `benchmarks.e2e` serves it with other resolvers too."""
+
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         response = HeaderFirstStreamingResponse(
             body(count, CHUNK),
             headers=HEADERS,
             media_type="text/plain",
-            header_resolver=noop_resolver,
+            header_resolver=resolver,
         )
         await response(scope, receive, send)
 
@@ -200,7 +202,7 @@ def variants() -> list[Variant]:
         Variant(RAW, "raw ASGI app (floor)", _raw),
         Variant(STARLETTE, "Starlette `StreamingResponse`", _starlette),
         _variant(SSE_STARLETTE, "sse-starlette `EventSourceResponse` (pings on)", _sse_starlette()),
-        Variant(OURS, "`HeaderFirstStreamingResponse`, no-op resolver", _ours),
+        Variant(OURS, "`HeaderFirstStreamingResponse`, no-op resolver", ours),
         Variant(OURS_NO_RESOLVER, "`HeaderFirstStreamingResponse`, no resolver", _ours_no_resolver),
         _variant(
             OURS_SSE, "`HeaderFirstEventSourceResponse`, no-op resolver, pings on", _ours_sse()
@@ -218,20 +220,26 @@ def variants() -> list[Variant]:
     ]
 
 
-def http_scope(spec_version: str, path: str = "/") -> Scope:
-    """A fresh HTTP scope, as a server gives one per request."""
-    return {
+def http_scope(
+    method: str = "GET", path: str = "/", spec_version: str = "2.3", **extra: Any
+) -> Scope:
+    """A fresh HTTP scope, as a server gives one per request; ``extra`` adds or replaces keys.
+
+    The tests build theirs with it too (`tests._asgi`).
+    """
+    scope: Scope = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": spec_version},
         "http_version": "1.1",
-        "method": "GET",
+        "method": method,
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"host", b"bench")],
-        "client": ("127.0.0.1", 40000),
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 12345),
         "server": ("127.0.0.1", 80),
-        "state": {},
     }
+    scope.update(extra)
+    return scope

@@ -37,9 +37,8 @@ from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from examples.serving import bound_socket, uvicorn_on
-from header_first_stream import HeaderFirstStreamingResponse
 
-from ._apps import CHUNK, HEADERS, find_public, upstream_chunks
+from ._apps import CHUNK, HEADERS, find_public, ours, upstream_chunks
 
 RESOLVER_SECONDS = 0.005
 STARTUP_TIMEOUT = 20.0
@@ -148,13 +147,7 @@ def _server_app() -> ASGIApp:
             await starlette_app(scope, receive, send)
         elif path in ("/ours-0ms", "/ours-5ms"):
             resolver = instant if path == "/ours-0ms" else sleeper
-            response = HeaderFirstStreamingResponse(
-                upstream_chunks(count, CHUNK),
-                headers=HEADERS,
-                media_type="text/plain",
-                header_resolver=resolver,
-            )
-            await response(scope, receive, send)
+            await ours(count, upstream_chunks, resolver)(scope, receive, send)
         elif path == "/middleware" and middleware_app is not None:
             await middleware_app(scope, receive, send)
         else:

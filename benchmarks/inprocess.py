@@ -81,9 +81,11 @@ async def _round(variant: Variant, spec: str, counts: Counts) -> tuple[float, fl
     say) does not show up a second time, spread over the chunks.
     """
     assert variant.make is not None
-    scopes = [http_scope(spec) for _ in range(counts.responses)]
+    scopes = [http_scope(spec_version=spec, state={}) for _ in range(counts.responses)]
     per_response = await _time(variant.make(1, chunks), scopes) / counts.responses
-    long = await _time(variant.make(counts.chunks, chunks), [http_scope(spec)])
+    long = await _time(
+        variant.make(counts.chunks, chunks), [http_scope(spec_version=spec, state={})]
+    )
     return per_response, (long - per_response) / (counts.chunks - 1)
 
 

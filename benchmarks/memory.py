@@ -82,7 +82,7 @@ def _child(key: str, spec: str, streams: int) -> dict[str, Any]:
         raise AssertionError("unreachable")
 
     async def stream() -> None:
-        await make(1, parking)(http_scope(spec), receive, send)
+        await make(1, parking)(http_scope(spec_version=spec, state={}), receive, send)
 
     async def open_streams(group: anyio.abc.TaskGroup, count: int) -> None:
         # In batches, each parked before the next opens: what is measured is what an
@@ -118,19 +118,20 @@ def _child(key: str, spec: str, streams: int) -> dict[str, Any]:
 
 def _measure(key: str, spec: str, streams: int) -> float:
     root = Path(__file__).resolve().parent.parent
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks.memory", key, spec, str(streams)],
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root)},
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(
-            f"memory benchmark of {key} (spec {spec}) failed:\n{completed.stderr[-2000:]}"
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", "benchmarks.memory", key, spec, str(streams)],
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": str(root)},
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=True,
         )
+    except subprocess.CalledProcessError as exc:
+        raise RuntimeError(
+            f"memory benchmark of {key} (spec {spec}) failed:\n{exc.stderr[-2000:]}"
+        ) from None
     return float(json.loads(completed.stdout.strip().splitlines()[-1])["per_stream"])
 
 

@@ -16,30 +16,18 @@ import httpx
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope
 
+from benchmarks._apps import http_scope as http_scope
+from header_first_stream import late_headers
 from header_first_stream._late import CURRENT
 from header_first_stream._types import HeaderSource
 
 
-def http_scope(
-    method: str = "GET", path: str = "/", spec_version: str = "2.3", **extra: Any
-) -> Scope:
-    """A minimal HTTP scope, as a server would give it."""
-    scope: Scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": spec_version},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver")],
-        "client": ("127.0.0.1", 12345),
-        "server": ("127.0.0.1", 80),
-    }
-    scope.update(extra)
-    return scope
+def scope_with_request_id(request_id: str, **scope: Any) -> Scope:
+    """An `http_scope` (of the arguments ``scope``) whose late-header store already holds
+    ``x-request-id: request_id``, as if a middleware before the app had added it."""
+    built = http_scope(**scope)
+    late_headers(built).add("x-request-id", request_id)
+    return built
 
 
 def websocket_scope(path: str = "/ws") -> Scope:
@@ -271,6 +259,21 @@ def resolver_of(headers: Any, *, waits: bool = False) -> Any:
         return headers
 
     return resolver
+
+
+def failing_resolver(error: BaseException) -> Any:
+    """A header resolver that raises ``error``."""
+
+    async def resolver(*first: object) -> Any:
+        raise error
+
+    return resolver
+
+
+async def never_resolves(*first: object) -> Any:
+    """A header resolver that never returns: only its response's ``resolver_timeout`` ends it."""
+    await anyio.sleep_forever()
+    raise AssertionError("unreachable")
 
 
 async def stale_cancellation() -> BaseException:

@@ -16,9 +16,12 @@ import functools
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
+import anyio
+import httpx
 import pytest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -45,6 +48,9 @@ GRANIAN = "granian"
 
 H2C_SERVERS = ["hypercorn", "hypercorn-trio"]
 """The servers that speak HTTP/2 with prior knowledge (h2c) too."""
+
+RequestOne = Callable[[httpx.AsyncClient, int], Coroutine[Any, Any, None]]
+"""Sends request number ``index`` on the client given, and checks or records its response."""
 
 HEAD_WITH_FIRST_CHUNK = frozenset({GRANIAN})
 """Servers that send a response's head only together with its first body message (the
@@ -244,3 +250,32 @@ def served(app: ASGIApp, servers: Sequence[str]) -> Any:
             yield base
 
     return fixture
+
+
+async def send_all_at_once(
+    url: str,
+    one: RequestOne,
+    requests: int,
+    *,
+    clients: int,
+    limits: httpx.Limits,
+    client_timeout: float,
+    within: float,
+) -> float:
+    """Start ``requests`` requests at once, ``one(client, index)`` each, spread over
+    ``clients`` httpx clients (one pool of many connections would measure the client's
+    pool scans); fail if they are not all done ``within`` seconds. Returns their seconds.
+    """
+    async with AsyncExitStack() as stack:
+        pool = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(base_url=url, limits=limits, timeout=client_timeout)
+            )
+            for _ in range(clients)
+        ]
+        started = time.monotonic()
+        with anyio.fail_after(within):
+            async with anyio.create_task_group() as task_group:
+                for index in range(requests):
+                    task_group.start_soon(one, pool[index % clients], index)
+        return time.monotonic() - started

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -7,11 +8,20 @@ import pytest
 from examples.gateway.demo import Running, running, serve
 from examples.gateway.upstream import create_upstream_app
 
+from ._asgi import LOGGER
+
 
 # Every async test runs on both anyio backends, named explicitly.
 @pytest.fixture(params=[pytest.param("asyncio", id="asyncio"), pytest.param("trio", id="trio")])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """`caplog`, capturing the library's records from INFO up."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    return caplog
 
 
 # The gateway example on real servers (tests/test_gateway_*.py): one upstream and one

@@ -7,7 +7,6 @@ held back).
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 
@@ -22,7 +21,6 @@ from header_first_stream._types import Chunk
 
 from ._asgi import (
     END,
-    LOGGER,
     Recorder,
     TrackedBody,
     call,
@@ -31,6 +29,7 @@ from ._asgi import (
     http_scope,
     receive_disconnect_after,
     resolver_of,
+    scope_with_request_id,
     sent,
     start,
 )
@@ -116,8 +115,7 @@ async def test_an_early_error_handler_turns_an_upstream_429_into_a_429_with_retr
     async def resolver(first: Chunk | None) -> Mapping[str, str | int]:
         return {"x-ratelimit-limit-requests": 100, "x-ratelimit-remaining-requests": 0}
 
-    scope = http_scope(spec_version=spec)
-    late_headers(scope).add("x-request-id", "req-2")
+    scope = scope_with_request_id("req-2", spec_version=spec)
     response = HeaderFirstStreamingResponse(
         body(),
         media_type="text/event-stream",
@@ -210,7 +208,6 @@ async def test_the_peeked_first_chunk_is_sent_without_a_copy(spec: str) -> None:
 # --- peek_first_chunk and early errors -------------------------------------------------
 
 
-@pytest.mark.anyio
 @SPECS
 async def test_peek_of_an_empty_body_sends_the_head_and_an_empty_body(spec: str) -> None:
     seen: list[object] = []
@@ -227,14 +224,11 @@ async def test_peek_of_an_empty_body_sends_the_head_and_an_empty_body(spec: str)
     assert (body.pulls, body.closes) == (1, 1)
 
 
-@pytest.mark.anyio
 @SPECS
 async def test_exception_before_the_first_chunk_gives_the_default_502_with_late_headers(
-    spec: str, caplog: pytest.LogCaptureFixture
+    spec: str, logs: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger=LOGGER)
-    scope = http_scope(path="/v1/messages", spec_version=spec)
-    late_headers(scope).add("x-request-id", "req-1")
+    scope = scope_with_request_id("req-1", path="/v1/messages", spec_version=spec)
     error = ConnectionError("upstream refused: token sk-secret")
     seen: list[object] = []
 
@@ -266,8 +260,8 @@ async def test_exception_before_the_first_chunk_gives_the_default_502_with_late_
     ]
     assert seen == [None]
     message = "body iterator failed before its first chunk for /v1/messages"
-    assert logged(caplog) == [("ERROR", message)]
-    assert logged_exception(caplog, message) is error
+    assert logged(logs) == [("ERROR", message)]
+    assert logged_exception(logs, message) is error
     assert (body.pulls, body.closes) == (1, 1)
 
 
@@ -275,12 +269,10 @@ class RateLimited(Exception):
     pass
 
 
-@pytest.mark.anyio
 @SPECS
 async def test_early_error_handler_response_keeps_its_headers_and_gets_late_ones(
-    spec: str, caplog: pytest.LogCaptureFixture
+    spec: str, logs: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger=LOGGER)
     error = RateLimited("429 from upstream")
     handled: list[Exception] = []
 
@@ -309,12 +301,11 @@ async def test_early_error_handler_response_keeps_its_headers_and_gets_late_ones
         chunk(b"slow down", more=False),
     ]
     assert handled == [error]
-    assert logged(caplog) == [
+    assert logged(logs) == [
         ("INFO", "body iterator failed before its first chunk for /p: answered 429")
     ]
 
 
-@pytest.mark.anyio
 async def test_early_error_handler_returning_none_gives_the_default_502() -> None:
     response = HeaderFirstStreamingResponse(
         TrackedBody(error=RuntimeError("x")),
@@ -326,11 +317,9 @@ async def test_early_error_handler_returning_none_gives_the_default_502() -> Non
     assert recorder.body == DEFAULT_502
 
 
-@pytest.mark.anyio
 async def test_early_error_handler_that_raises_gives_the_default_502_and_is_logged(
-    caplog: pytest.LogCaptureFixture,
+    logs: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger=LOGGER)
     handler_error = KeyError("no mapping")
 
     def handler(exc: Exception) -> Response | None:
@@ -346,15 +335,13 @@ async def test_early_error_handler_that_raises_gives_the_default_502_and_is_logg
     assert recorder.status == 502
     assert recorder.headers[-1] == (b"x-late", b"1")
     assert recorder.body == DEFAULT_502
-    assert logged_exception(caplog, "early_error_handler failed for /p") is handler_error
-    assert [level for level, _ in logged(caplog)] == ["ERROR", "ERROR"]
+    assert logged_exception(logs, "early_error_handler failed for /p") is handler_error
+    assert [level for level, _ in logged(logs)] == ["ERROR", "ERROR"]
 
 
-@pytest.mark.anyio
 async def test_early_error_handler_response_with_an_invalid_header_gives_the_default(
-    caplog: pytest.LogCaptureFixture,
+    logs: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger=LOGGER)
     response = HeaderFirstStreamingResponse(
         TrackedBody(error=RuntimeError("upstream")),
         peek_first_chunk=True,
@@ -371,11 +358,10 @@ async def test_early_error_handler_response_with_an_invalid_header_gives_the_def
         ),
         chunk(DEFAULT_502, more=False),
     ]
-    error = logged_exception(caplog, "invalid header in the early error response for /p")
+    error = logged_exception(logs, "invalid header in the early error response for /p")
     assert "for 'x-bad': contains '\\r'" in str(error)
 
 
-@pytest.mark.anyio
 async def test_error_responses_keep_their_own_content_type_over_a_late_one() -> None:
     async def failing() -> dict[str, str]:
         raise RuntimeError("limiter down")
@@ -401,7 +387,6 @@ async def test_error_responses_keep_their_own_content_type_over_a_late_one() -> 
     ]
 
 
-@pytest.mark.anyio
 async def test_resolver_failure_wins_over_an_early_error() -> None:
     async def resolver(first: bytes | str | memoryview | None) -> dict[str, str]:
         raise RuntimeError("limiter down")
@@ -415,11 +400,9 @@ async def test_resolver_failure_wins_over_an_early_error() -> None:
     assert sent(recorder) == plain_error(500, ERROR_500)
 
 
-@pytest.mark.anyio
 async def test_early_error_handler_response_without_a_body_gives_the_default(
-    caplog: pytest.LogCaptureFixture,
+    logs: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger=LOGGER)
     response = HeaderFirstStreamingResponse(
         TrackedBody(error=RuntimeError("upstream")),
         peek_first_chunk=True,
@@ -430,5 +413,5 @@ async def test_early_error_handler_response_without_a_body_gives_the_default(
     assert recorder.body == DEFAULT_502
     assert (
         "early_error_handler returned StreamingResponse for /p, which has no body; answered 502"
-        in caplog.text
+        in logs.text
     )

@@ -27,36 +27,33 @@ JSON_LATE = {"x-ratelimit-remaining-requests": "41"}
 
 # Per framework: path -> (content-type, body, late headers).
 Expected = dict[str, tuple[str, bytes, dict[str, str]]]
+
+
+def routes(
+    stream_type: str = "text/event-stream",
+    json: bytes = b'{"ok":true}',
+    stream_late: dict[str, str] = STREAM_LATE,
+) -> Expected:
+    """A snippet's ``/stream`` and ``/json``: their content types and bodies differ by
+    framework (a charset or not; JSON with a space, or a newline)."""
+    return {
+        "/stream": (stream_type, SSE, stream_late),
+        "/json": ("application/json", json, JSON_LATE),
+    }
+
+
+SSE_UTF8 = "text/event-stream; charset=utf-8"
+SPACED_JSON = b'{"ok": true}'
 EXPECTED: dict[str, Expected] = {
-    "FastAPI": {
-        "/stream": (
-            "text/event-stream; charset=utf-8",
-            SSE,
-            {**STREAM_LATE, "x-request-cost": "0.002"},
-        ),
-        "/json": ("application/json", b'{"ok":true}', JSON_LATE),
-    },
-    "Starlette": {
-        "/stream": ("text/event-stream; charset=utf-8", SSE, STREAM_LATE),
-        "/json": ("application/json", b'{"ok":true}', JSON_LATE),
-    },
-    "Litestar": {
-        "/stream": ("text/event-stream; charset=utf-8", SSE, STREAM_LATE),
-        "/json": ("application/json", b'{"ok":true}', JSON_LATE),
-    },
+    "FastAPI": routes(SSE_UTF8, stream_late={**STREAM_LATE, "x-request-cost": "0.002"}),
+    "Starlette": routes(SSE_UTF8),
+    "Litestar": routes(SSE_UTF8),
     "Django": {
-        "/stream": ("text/event-stream", SSE, STREAM_LATE),
+        **routes(json=SPACED_JSON),
         "/sync-stream": ("text/event-stream", SSE, STREAM_LATE),
-        "/json": ("application/json", b'{"ok": true}', JSON_LATE),
     },
-    "Quart": {
-        "/stream": ("text/event-stream", SSE, STREAM_LATE),
-        "/json": ("application/json", b'{"ok":true}\n', JSON_LATE),
-    },
-    "Falcon": {
-        "/stream": ("text/event-stream", SSE, STREAM_LATE),
-        "/json": ("application/json", b'{"ok": true}', JSON_LATE),
-    },
+    "Quart": routes(json=b'{"ok":true}\n'),
+    "Falcon": routes(json=SPACED_JSON),
 }
 
 ON_TRIO = ["FastAPI", "Starlette", "Litestar", "Falcon"]

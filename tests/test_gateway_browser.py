@@ -12,6 +12,7 @@ Set ``GATEWAY_SCREENSHOT=docs/gateway-browser.png`` to refresh the README's scre
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -67,14 +68,24 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         driver.quit()
 
 
-def _open(browser: Any, page_url: str) -> Any:
+@contextlib.contextmanager
+def _chat_page(browser: Any, **gateway: Any) -> Iterator[Any]:
+    """The chat page, served from an origin of its own, open in ``browser`` and ready;
+    yields its `WebDriverWait`. The page's key has the limits `RPM` and `TPM` on a gateway
+    started with the options ``gateway`` that lets the page's origin call it.
+    """
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get(page_url + "/")
-    wait = WebDriverWait(browser, WAIT)
-    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
-    return wait
+    page_port = free_port()
+    origin = f"http://127.0.0.1:{page_port}"
+    with running(cors_origins=[origin], **gateway) as servers:
+        key = create_key(servers.gateway_url, rpm_limit=RPM, tpm_limit=TPM)
+        with serve(create_page_app(servers.gateway_url, key), port=page_port) as page_url:
+            browser.get(page_url + "/")
+            wait = WebDriverWait(browser, WAIT)
+            wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+            yield wait
 
 
 def _send(browser: Any, wait: Any, number: int, prompt: str) -> dict[str, Any]:
@@ -110,67 +121,57 @@ def test_the_chat_page_shows_the_streams_rate_limits_and_the_429(
 ) -> None:
     from selenium.webdriver.common.by import By
 
-    page_port = free_port()
-    origin = f"http://127.0.0.1:{page_port}"
-    with running(chunk_delay=CHUNK_DELAY, cors_origins=[origin]) as servers:
-        key = create_key(servers.gateway_url, rpm_limit=RPM, tpm_limit=TPM)
-        with serve(create_page_app(servers.gateway_url, key), port=page_port) as page_url:
-            wait = _open(browser, page_url)
-            used = 0
-            for number, prompt in enumerate(PROMPTS):
-                record = _send(browser, wait, number, prompt)
-                used += _tokens(prompt)
-                expected = {
-                    "remaining-requests": str(RPM - 1 - number),
-                    "limit-requests": str(RPM),
-                    "remaining-tokens": str(TPM - used),
-                    "limit-tokens": str(TPM),
-                }
-                assert record["status"] == 200
-                assert record["quota"] == expected
-                assert _shown(browser) == expected
-                assert record["text"] == REPLY
-                # One DOM update per streamed piece, spread over the upstream's pauses:
-                # the text arrived incrementally, not in one buffered block.
-                times = record["chunks"]
-                assert len(times) == len(REPLY_PIECES)
-                assert times == sorted(times)
-                assert times[-1] - times[0] >= (len(REPLY_PIECES) - 1) * CHUNK_DELAY * 1000 / 2
+    with _chat_page(browser, chunk_delay=CHUNK_DELAY) as wait:
+        used = 0
+        for number, prompt in enumerate(PROMPTS):
+            record = _send(browser, wait, number, prompt)
+            used += _tokens(prompt)
+            expected = {
+                "remaining-requests": str(RPM - 1 - number),
+                "limit-requests": str(RPM),
+                "remaining-tokens": str(TPM - used),
+                "limit-tokens": str(TPM),
+            }
+            assert record["status"] == 200
+            assert record["quota"] == expected
+            assert _shown(browser) == expected
+            assert record["text"] == REPLY
+            # One DOM update per streamed piece, spread over the upstream's pauses:
+            # the text arrived incrementally, not in one buffered block.
+            times = record["chunks"]
+            assert len(times) == len(REPLY_PIECES)
+            assert times == sorted(times)
+            assert times[-1] - times[0] >= (len(REPLY_PIECES) - 1) * CHUNK_DELAY * 1000 / 2
 
-            metas = [element.text for element in browser.find_elements(By.CLASS_NAME, "meta")]
-            assert [meta.split("; ")[1] for meta in metas] == [
-                "2 requests, 999 tokens left",
-                "1 requests, 993 tokens left",
-                "0 requests, 988 tokens left",
-            ]
-            refused = _send(browser, wait, len(PROMPTS), "one more")
-            assert refused["status"] == 429
-            assert refused["text"] == ""
-            assert refused["quota"]["remaining-requests"] == "0"
-            assert _shown(browser)["remaining-requests"] == "0"
-            error = browser.find_element(By.ID, "error")
-            assert error.text.startswith(
-                "429 Too Many Requests: Rate limit exceeded for api_key: requests per minute;"
-            )
-            retry_after = error.get_attribute("data-retry-after")
-            assert retry_after is not None and 1 <= int(retry_after) <= 60
+        metas = [element.text for element in browser.find_elements(By.CLASS_NAME, "meta")]
+        assert [meta.split("; ")[1] for meta in metas] == [
+            "2 requests, 999 tokens left",
+            "1 requests, 993 tokens left",
+            "0 requests, 988 tokens left",
+        ]
+        refused = _send(browser, wait, len(PROMPTS), "one more")
+        assert refused["status"] == 429
+        assert refused["text"] == ""
+        assert refused["quota"]["remaining-requests"] == "0"
+        assert _shown(browser)["remaining-requests"] == "0"
+        error = browser.find_element(By.ID, "error")
+        assert error.text.startswith(
+            "429 Too Many Requests: Rate limit exceeded for api_key: requests per minute;"
+        )
+        retry_after = error.get_attribute("data-retry-after")
+        assert retry_after is not None and 1 <= int(retry_after) <= 60
 
-            screenshot = Path(os.environ.get("GATEWAY_SCREENSHOT") or tmp_path / "page.png")
-            assert browser.save_screenshot(str(screenshot))
-            assert screenshot.stat().st_size > 10_000
+        screenshot = Path(os.environ.get("GATEWAY_SCREENSHOT") or tmp_path / "page.png")
+        assert browser.save_screenshot(str(screenshot))
+        assert screenshot.stat().st_size > 10_000
 
 
 def test_without_the_fix_the_page_cannot_read_the_streams_rate_limits(browser: Any) -> None:
     # The same page against the gateway without this library: CORSMiddleware alone lists
     # no x-ratelimit-* header, so fetch() hides them although they may be on the wire.
-    page_port = free_port()
-    origin = f"http://127.0.0.1:{page_port}"
-    with running(fix=False, cors_origins=[origin]) as servers:
-        key = create_key(servers.gateway_url, rpm_limit=RPM, tpm_limit=TPM)
-        with serve(create_page_app(servers.gateway_url, key), port=page_port) as page_url:
-            wait = _open(browser, page_url)
-            record = _send(browser, wait, 0, "hello")
-            shown = _shown(browser)
+    with _chat_page(browser, fix=False) as wait:
+        record = _send(browser, wait, 0, "hello")
+        shown = _shown(browser)
     assert record["status"] == 200
     assert record["text"] == REPLY
     assert record["quota"] == dict.fromkeys(shown, None)

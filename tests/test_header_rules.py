@@ -34,7 +34,8 @@ from header_first_stream._headers import (
 )
 from header_first_stream._types import HeaderResolver, HeaderSource
 
-from ._asgi import call, http_scope
+from ._asgi import call, http_scope, scope_with_request_id, sent
+from ._expect import plain_error
 
 ERROR_500 = [
     (b"content-type", b"text/plain; charset=utf-8"),
@@ -121,9 +122,7 @@ async def test_a_resolver_returning_a_refused_name_gives_a_500_not_the_header(
         body(), header_resolver=resolver_of({name: "x", "x-ok": "1"})
     )
     recorder = await call(response)
-    assert recorder.status == 500
-    assert recorder.headers == ERROR_500
-    assert recorder.body == b"Internal Server Error"
+    assert sent(recorder) == plain_error(500, b"Internal Server Error")
     assert error_records(caplog) == ["header resolver failed for /"]
 
 
@@ -153,9 +152,7 @@ async def test_the_middleware_resolver_returning_a_refused_name_gives_a_500(
 
     app = HeaderFirstMiddleware(PlainTextResponse("ok"), resolver=resolver)
     recorder = await call(app)
-    assert recorder.status == 500
-    assert recorder.headers == ERROR_500
-    assert recorder.body == b"Internal Server Error"
+    assert sent(recorder) == plain_error(500, b"Internal Server Error")
     assert error_records(caplog) == ["header resolver failed for /"]
 
 
@@ -212,13 +209,10 @@ def test_validate_own_headers_accepts_other_headers_and_refuses_control_characte
 async def test_a_stream_with_its_own_framing_header_gives_a_500_with_the_late_headers(
     name: str, value: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    scope = http_scope()
-    late_headers(scope).add("x-request-id", "r1")
+    scope = scope_with_request_id("r1")
     response = HeaderFirstStreamingResponse(body(), headers={name: value})
     recorder = await call(response, scope)
-    assert recorder.status == 500
-    assert recorder.headers == [*ERROR_500, (b"x-request-id", b"r1")]
-    assert recorder.body == b"Internal Server Error"
+    assert sent(recorder) == plain_error(500, b"Internal Server Error", (b"x-request-id", b"r1"))
     assert error_records(caplog) == ["invalid response header for /"]
 
 
@@ -303,8 +297,7 @@ async def failing_body() -> AsyncIterator[bytes]:
 async def test_an_early_error_response_with_a_framing_header_goes_out_framed_by_its_body(
     headers: dict[str, str],
 ) -> None:
-    scope = http_scope()
-    late_headers(scope).add("x-request-id", "r1")
+    scope = scope_with_request_id("r1")
     response = HeaderFirstStreamingResponse(
         failing_body(),
         peek_first_chunk=True,
@@ -427,9 +420,7 @@ async def test_an_oversized_late_header_gives_a_500_without_the_late_headers(
     late_headers(scope).update({"x-request-id": "r1", "x-big": "v" * 100_000})
     response = HeaderFirstStreamingResponse(body(), header_resolver=resolver_of({"x-a": "1"}))
     recorder = await call(response, scope)
-    assert recorder.status == 500
-    assert recorder.headers == ERROR_500
-    assert recorder.body == b"Internal Server Error"
+    assert sent(recorder) == plain_error(500, b"Internal Server Error")
     (record,) = caplog.records
     assert record.getMessage() == "response head too large for /"
     assert record.exc_info is not None

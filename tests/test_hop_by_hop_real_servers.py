@@ -13,7 +13,7 @@ inbound validation off, so that a connection-specific field would be seen.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import h2.exceptions
 import pytest
@@ -160,7 +160,33 @@ def app_fields(response: Exchange, control: Exchange) -> list[tuple[bytes, bytes
     return [(n, v) for n, v in response.headers if n not in own]
 
 
+def degraded_stream(
+    get: Callable[[str, str], Exchange], url: str, name: str
+) -> tuple[Exchange, Exchange]:
+    """The server's control response and the stream whose resolver returns the refused
+    header ``name`` under the degrade policy, fetched with ``get``: the stream went out
+    whole, with the head the control had."""
+    control = get(url, "/control")
+    response = get(url, f"/stream/{name}?policy=degrade")
+    assert response.status == 200
+    assert response.body == b"hello"
+    assert response.without(*VARYING) == control.without(*VARYING)
+    return control, response
+
+
 # --- HTTP/1.1 -----------------------------------------------------------------------
+
+
+def refused_with_a_500(url: str, path: str, control: Exchange, name: str) -> Exchange:
+    """GET ``path`` over HTTP/1.1, whose resolver returns the refused header ``name``: the
+    default 500, with the refused fields the server sends on its own (per ``control``) and
+    no trace of the app's."""
+    response = http1_get(url, path)
+    assert response.status == 500, path
+    assert response.body == b"Internal Server Error", path
+    server_own(response, control, NOT_FRAMING)
+    assert hostile_line(name) not in response.raw.lower(), path
+    return response
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -168,11 +194,7 @@ def test_a_refused_resolver_header_gives_a_500_and_never_reaches_http1(
     http1: str, name: str
 ) -> None:
     control = http1_get(http1, "/control")
-    response = http1_get(http1, f"/stream/{name}")
-    assert response.status == 500
-    assert response.body == b"Internal Server Error"
-    server_own(response, control, NOT_FRAMING)
-    assert hostile_line(name) not in response.raw.lower()
+    response = refused_with_a_500(http1, f"/stream/{name}", control, name)
     assert [(n, v) for n, v in response.headers if n.startswith(b"content-")] == ERROR_500
 
 
@@ -180,12 +202,8 @@ def test_a_refused_resolver_header_gives_a_500_and_never_reaches_http1(
 def test_under_degrade_the_stream_goes_out_without_the_refused_header(
     http1: str, name: str
 ) -> None:
-    control = http1_get(http1, "/control")
-    response = http1_get(http1, f"/stream/{name}?policy=degrade")
-    assert response.status == 200
-    assert response.body == b"hello"
+    control, response = degraded_stream(http1_get, http1, name)
     server_own(response, control, REFUSED)
-    assert response.without(*VARYING) == control.without(*VARYING)
     assert hostile_line(name) not in response.raw.lower()
 
 
@@ -195,11 +213,7 @@ def test_the_sse_resolver_and_the_middleware_resolver_refuse_them_too(
 ) -> None:
     control = http1_get(http1, "/json")
     for path in (f"/events/{name}", f"/middleware/{name}"):
-        response = http1_get(http1, path)
-        assert response.status == 500, path
-        assert response.body == b"Internal Server Error"
-        server_own(response, control, NOT_FRAMING)
-        assert hostile_line(name) not in response.raw.lower()
+        refused_with_a_500(http1, path, control, name)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -229,12 +243,8 @@ def test_a_refused_resolver_header_gives_a_clean_500_over_http2(h2c: str, name: 
 def test_under_degrade_an_http2_stream_carries_no_connection_specific_field(
     h2c: str, name: str
 ) -> None:
-    control = h2c_get(h2c, "/control")
-    response = h2c_get(h2c, f"/stream/{name}?policy=degrade")
+    _, response = degraded_stream(h2c_get, h2c, name)
     assert response.events[-1] == "StreamEnded"
-    assert response.status == 200
-    assert response.body == b"hello"
-    assert response.without(*VARYING) == control.without(*VARYING)
     for field in (b"connection", b"keep-alive", b"proxy-connection", b"upgrade", b"te"):
         assert response.values(field) == []
 

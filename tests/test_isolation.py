@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack
 
 import anyio
 import httpx
@@ -26,7 +25,7 @@ from starlette.types import Scope
 from header_first_stream import HeaderFirstMiddleware, late_headers
 
 from ._asgi import Recorder, call, http_scope, receive_nothing
-from ._servers import serve
+from ._servers import send_all_at_once, serve
 
 REQUESTS = 1000
 CLIENTS = 10
@@ -109,7 +108,6 @@ async def test_concurrent_requests_on_a_real_server_each_get_exactly_their_own_h
     # httpx's pool scans all its connections for every request, so 200 connections in one
     # client would measure the client; clients of 20 connections each keep it cheap.
     limits = httpx.Limits(max_connections=CONNECTIONS_PER_CLIENT)
-    timeout = httpx.Timeout(30.0)
     failures: list[str] = []
     checked: list[int] = []
 
@@ -127,19 +125,9 @@ async def test_concurrent_requests_on_a_real_server_each_get_exactly_their_own_h
     # uvicorn's 5 s default and be closed just as the client reuses it (a reset that has
     # nothing to do with isolation).
     with serve(_app(), "uvicorn-httptools", timeout_keep_alive=60) as url:
-        async with AsyncExitStack() as stack:
-            clients = [
-                await stack.enter_async_context(
-                    httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout)
-                )
-                for _ in range(CLIENTS)
-            ]
-            started = time.monotonic()
-            with anyio.fail_after(60):
-                async with anyio.create_task_group() as task_group:
-                    for index in range(REQUESTS):
-                        task_group.start_soon(one, clients[index % CLIENTS], index)
-            elapsed = time.monotonic() - started
+        elapsed = await send_all_at_once(
+            url, one, REQUESTS, clients=CLIENTS, limits=limits, client_timeout=30.0, within=60
+        )
     assert failures == []
     assert sorted(checked) == list(range(REQUESTS))
     # Holding heads back must not serialise requests (alone they would take 30 s and more).

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextvars
-import logging
 from collections.abc import AsyncIterator
 
 import anyio
@@ -98,16 +97,15 @@ def test_invalid_additions_raise_and_change_nothing(name: str, value: str, messa
 
 
 def test_adding_after_the_head_was_sent_returns_false_and_warns_naming_the_header(
-    caplog: pytest.LogCaptureFixture,
+    logs: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger=LOGGER)
     store = late_headers_of(http_scope(path="/v1/messages"))
     store.add("x-early", "1")
     assert store.take() == [(b"x-early", b"1")]
     assert store.add("X-Too-Late", "1") is False
     assert store.update([("x-also-late", "2"), ("x-third", 3)]) is False
     assert store.items() == [("x-early", "1")]
-    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.name == LOGGER] == [
+    assert [(r.levelname, r.getMessage()) for r in logs.records if r.name == LOGGER] == [
         (
             "WARNING",
             "late headers ['x-too-late'] for /v1/messages were added after the response "
@@ -133,9 +131,8 @@ def test_take_from_a_scope_without_a_store_is_empty_and_allocates_no_store() -> 
 
 @pytest.mark.anyio
 async def test_headers_added_by_the_resolver_or_before_it_are_sent_later_ones_warned(
-    caplog: pytest.LogCaptureFixture,
+    logs: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger=LOGGER)
     scope = http_scope(path="/p")
     late_headers_of(scope).add("x-from-endpoint", "1")
     added_late: list[bool] = []
@@ -156,7 +153,7 @@ async def test_headers_added_by_the_resolver_or_before_it_are_sent_later_ones_wa
     ]
     assert recorder.body == b"a"
     assert added_late == [False]
-    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+    assert [r.getMessage() for r in logs.records if r.levelname == "WARNING"] == [
         "late headers ['x-from-body'] for /p were added after the response head was sent "
         "and are not sent; add them before the response starts"
     ]

@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 
 from header_first_stream import HeaderFirstStreamingResponse, late_headers
 
+from ._asgi import failing_resolver
 from ._expect import DEFAULT_502, WAIT
 from ._server_apps import EndlessBody, _app, _late_after, _route
 from ._servers import GRANIAN, HEAD_WITH_FIRST_CHUNK, SERVERS, TRIO_SERVERS, serve
@@ -257,9 +258,7 @@ def test_failing_resolver_gives_a_500_that_leaks_nothing(
     server: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     body = EndlessBody()
-
-    async def resolver() -> dict[str, str]:
-        raise RuntimeError("upstream said: secret-token-123")
+    resolver = failing_resolver(RuntimeError("upstream said: secret-token-123"))
 
     async def endpoint(request: Request) -> Response:
         return HeaderFirstStreamingResponse(body, header_resolver=resolver)

@@ -5,7 +5,6 @@ background task; close failures and slow closes are logged, not raised.
 from __future__ import annotations
 
 import inspect
-import logging
 import threading
 from collections.abc import AsyncIterator, Generator
 from typing import Any
@@ -19,7 +18,6 @@ from header_first_stream import HeaderFirstStreamingResponse
 
 from ._asgi import (
     END,
-    LOGGER,
     BlockingClient,
     Recorder,
     TrackedBody,
@@ -32,6 +30,8 @@ from ._asgi import (
     tracked,
 )
 from ._expect import SPECS, logged, logged_exception
+
+pytestmark = pytest.mark.anyio
 
 
 class SyncStream:
@@ -60,7 +60,6 @@ class SyncStream:
 # --- the body iterator is closed on every exit ----------------------------------------
 
 
-@pytest.mark.anyio
 @SPECS
 async def test_finished_body_is_closed_before_the_background_task(spec: str) -> None:
     events: list[str] = []
@@ -72,7 +71,6 @@ async def test_finished_body_is_closed_before_the_background_task(spec: str) -> 
     assert events == ["body entered", "body closed", "background"]
 
 
-@pytest.mark.anyio
 @SPECS
 async def test_exception_mid_stream_propagates_as_itself_and_closes_the_body(spec: str) -> None:
     events: list[str] = []
@@ -94,7 +92,6 @@ async def test_exception_mid_stream_propagates_as_itself_and_closes_the_body(spe
     assert events == ["body closed"]
 
 
-@pytest.mark.anyio
 async def test_sync_generator_is_closed_with_close_on_disconnect() -> None:
     events: list[str] = []
 
@@ -119,7 +116,6 @@ async def test_sync_generator_is_closed_with_close_on_disconnect() -> None:
     assert inspect.getgeneratorstate(generator) == inspect.GEN_CLOSED
 
 
-@pytest.mark.anyio
 @SPECS
 async def test_finished_iterator_objects_are_still_closed(spec: str) -> None:
     # Not generators: objects such as an SDK's stream may hold a connection until closed.
@@ -134,7 +130,6 @@ async def test_finished_iterator_objects_are_still_closed(spec: str) -> None:
     assert sync_stream.closes == 1
 
 
-@pytest.mark.anyio
 async def test_finished_sync_generator_is_closed() -> None:
     def chunks() -> Generator[bytes]:
         yield b"a"
@@ -145,13 +140,11 @@ async def test_finished_sync_generator_is_closed() -> None:
     assert inspect.getgeneratorstate(generator) == inspect.GEN_CLOSED
 
 
-@pytest.mark.anyio
 async def test_sync_list_content_streams_and_needs_no_closing() -> None:
     recorder = await call(HeaderFirstStreamingResponse([b"a", "b", memoryview(b"c")]))
     assert sent(recorder) == [start(200, []), chunk(b"a"), chunk(b"b"), chunk(b"c"), END]
 
 
-@pytest.mark.anyio
 async def test_async_iterable_without_aclose_is_streamed() -> None:
     class Chunks:
         def __aiter__(self) -> AsyncIterator[bytes]:
@@ -179,35 +172,29 @@ async def test_async_iterable_without_aclose_is_streamed() -> None:
     assert sent(recorder) == [start(200, []), END]
 
 
-@pytest.mark.anyio
 async def test_aclose_that_raises_is_logged_and_the_response_completes(
-    caplog: pytest.LogCaptureFixture,
+    logs: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger=LOGGER)
     error = RuntimeError("close failed")
     response = HeaderFirstStreamingResponse(TrackedBody(b"a", close_error=error))
     recorder = await call(response, http_scope("HEAD"))
     assert sent(recorder) == [start(200, []), END]
-    assert logged(caplog) == [("ERROR", "closing the body iterator failed")]
-    assert logged_exception(caplog, "closing the body iterator failed") is error
+    assert logged(logs) == [("ERROR", "closing the body iterator failed")]
+    assert logged_exception(logs, "closing the body iterator failed") is error
 
 
-@pytest.mark.anyio
-async def test_sync_close_that_raises_is_logged(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger=LOGGER)
+async def test_sync_close_that_raises_is_logged(logs: pytest.LogCaptureFixture) -> None:
     error = RuntimeError("sync close failed")
 
     stream = SyncStream(b"a", close_error=error)
     recorder = await call(HeaderFirstStreamingResponse(stream), http_scope("HEAD"))
     assert sent(recorder) == [start(200, []), END]
-    assert logged_exception(caplog, "closing the body iterator failed") is error
+    assert logged_exception(logs, "closing the body iterator failed") is error
 
 
-@pytest.mark.anyio
 async def test_aclose_slower_than_cleanup_timeout_is_abandoned_and_logged(
-    caplog: pytest.LogCaptureFixture,
+    logs: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger=LOGGER)
     body = TrackedBody(b"a", close_delay=10)
     response = HeaderFirstStreamingResponse(body)
     response.cleanup_timeout = 0.05
@@ -215,14 +202,12 @@ async def test_aclose_slower_than_cleanup_timeout_is_abandoned_and_logged(
         recorder = await call(response, http_scope("HEAD"))
     assert sent(recorder) == [start(200, []), END]
     assert body.closes == 1
-    assert logged(caplog) == [("WARNING", "closing the body iterator took over 0.05s")]
+    assert logged(logs) == [("WARNING", "closing the body iterator took over 0.05s")]
 
 
-@pytest.mark.anyio
 async def test_blocking_sync_close_slower_than_cleanup_timeout_is_abandoned_and_logged(
-    caplog: pytest.LogCaptureFixture,
+    logs: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger=LOGGER)
     release = threading.Event()
 
     class Stuck:
@@ -243,10 +228,9 @@ async def test_blocking_sync_close_slower_than_cleanup_timeout_is_abandoned_and_
     finally:
         release.set()  # let the abandoned worker thread finish
     assert sent(recorder) == [start(200, []), END]
-    assert logged(caplog) == [("WARNING", "closing the body iterator took over 0.05s")]
+    assert logged(logs) == [("WARNING", "closing the body iterator took over 0.05s")]
 
 
-@pytest.mark.anyio
 async def test_two_simultaneous_failures_are_raised_together() -> None:
     waiting = anyio.Event()
 
@@ -275,7 +259,6 @@ async def test_two_simultaneous_failures_are_raised_together() -> None:
 # --- background tasks ------------------------------------------------------------------
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize(
     ("options", "status"),
     [

@@ -15,7 +15,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 from starlette.types import Message
 
-from header_first_stream import HeaderFirstStreamingResponse
+from header_first_stream import HeaderFirstStreamingResponse, HeaderResolver
 
 from ._asgi import (
     END,
@@ -208,17 +208,25 @@ async def test_a_body_cut_off_by_a_disconnect_is_closed_in_its_own_context(spec:
     assert log[-1] == "reset ok"
 
 
+def shielded_resolver(seconds: float, headers: dict[str, str | int]) -> HeaderResolver:
+    """A resolver whose work may not be cancelled (a limiter write that must not be torn):
+    it returns ``headers`` after ``seconds``, shielded."""
+
+    async def resolver() -> dict[str, str | int]:
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(seconds)
+        return headers
+
+    return resolver
+
+
 @pytest.mark.anyio
 @SPECS
 async def test_no_head_goes_out_when_the_client_left_during_a_shielded_resolver(
     spec: str,
 ) -> None:
-    async def resolver() -> dict[str, int]:
-        with anyio.CancelScope(shield=True):  # e.g. a limiter write that must not be torn
-            await anyio.sleep(0.2)
-        return {"x-ratelimit-remaining-requests": 7}
-
     body = TrackedBody(b"hello")
+    resolver = shielded_resolver(0.2, {"x-ratelimit-remaining-requests": 7})
     response = HeaderFirstStreamingResponse(body, header_resolver=resolver)
     recorder = await call(response, http_scope(spec_version=spec), receive_disconnect_after(0.05))
     assert recorder.messages == []
@@ -264,11 +272,7 @@ async def test_a_peeked_body_may_hold_a_deadline_across_its_yields(spec: str) ->
 async def test_no_head_goes_out_when_the_request_is_cancelled_during_a_shielded_resolver(
     spec: str,
 ) -> None:
-    async def resolver() -> dict[str, str]:
-        with anyio.CancelScope(shield=True):  # e.g. a limiter write that must not be torn
-            await anyio.sleep(0.1)
-        return {"x-late": "1"}
-
+    resolver = shielded_resolver(0.1, {"x-late": "1"})
     body = TrackedBody(b"a")
     recorder = Recorder()
     # A request-timeout middleware around the app, or the server cancelling the request.

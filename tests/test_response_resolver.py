@@ -6,7 +6,6 @@ Called directly as an ASGI app, every message recorded: only these recordings ca
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
@@ -23,23 +22,26 @@ from header_first_stream import (
 
 from ._asgi import (
     END,
-    LOGGER,
     Recorder,
     TrackedBody,
     call,
     chunk,
+    failing_resolver,
     http_scope,
+    never_resolves,
     resolver_of,
+    scope_with_request_id,
     sent,
     start,
     tracked,
 )
 from ._expect import ERROR_500, SPECS, TEXT, logged, logged_exception, plain_error
 
+pytestmark = pytest.mark.anyio
+
 # --- ordering and timing -------------------------------------------------------------
 
 
-@pytest.mark.anyio
 @SPECS
 async def test_head_waits_for_a_slow_resolver_and_carries_its_headers(spec: str) -> None:
     recorder = Recorder()
@@ -76,7 +78,6 @@ async def test_head_waits_for_a_slow_resolver_and_carries_its_headers(spec: str)
     assert recorder.messages[0][0] >= 0.2
 
 
-@pytest.mark.anyio
 @SPECS
 async def test_merge_order_is_own_then_late_store_then_resolver(spec: str) -> None:
     scope = http_scope(spec_version=spec)
@@ -108,7 +109,6 @@ async def test_merge_order_is_own_then_late_store_then_resolver(spec: str) -> No
     assert store.sent
 
 
-@pytest.mark.anyio
 @SPECS
 async def test_resolver_may_replace_content_type(spec: str) -> None:
     response = HeaderFirstStreamingResponse(
@@ -120,7 +120,6 @@ async def test_resolver_may_replace_content_type(spec: str) -> None:
     assert recorder.headers == [(b"content-type", b"text/event-stream")]
 
 
-@pytest.mark.anyio
 async def test_peeked_str_chunk_reaches_the_resolver_as_str_and_the_client_encoded() -> None:
     seen: list[object] = []
 
@@ -141,7 +140,6 @@ async def test_peeked_str_chunk_reaches_the_resolver_as_str_and_the_client_encod
     ]
 
 
-@pytest.mark.anyio
 @SPECS
 async def test_peek_without_a_resolver_streams_normally(spec: str) -> None:
     events: list[str] = []
@@ -154,49 +152,36 @@ async def test_peek_without_a_resolver_streams_normally(spec: str) -> None:
 # --- resolver failures ---------------------------------------------------------------
 
 
-@pytest.mark.anyio
 @SPECS
 async def test_resolver_exception_gives_500_without_its_text_and_is_logged_with_the_path(
-    spec: str, caplog: pytest.LogCaptureFixture
+    spec: str, logs: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger=LOGGER)
-    scope = http_scope(path="/v1/chat/completions", spec_version=spec)
-    late_headers(scope).add("x-request-id", "req-1")
     error = RuntimeError("upstream key sk-secret-123 rejected")
-
-    async def resolver() -> dict[str, str]:
-        raise error
-
     body = TrackedBody(b"never")
-    response = HeaderFirstStreamingResponse(body, header_resolver=resolver)
+    response = HeaderFirstStreamingResponse(body, header_resolver=failing_resolver(error))
+    scope = scope_with_request_id("req-1", path="/v1/chat/completions", spec_version=spec)
     recorder = await call(response, scope)
 
     assert sent(recorder) == plain_error(500, ERROR_500, (b"x-request-id", b"req-1"))
     assert b"sk-secret" not in recorder.body
-    assert logged(caplog) == [("ERROR", "header resolver failed for /v1/chat/completions")]
-    assert logged_exception(caplog, "header resolver failed for /v1/chat/completions") is error
+    assert logged(logs) == [("ERROR", "header resolver failed for /v1/chat/completions")]
+    assert logged_exception(logs, "header resolver failed for /v1/chat/completions") is error
     assert (body.pulls, body.closes) == (0, 1)
 
 
-@pytest.mark.anyio
 @SPECS
-async def test_resolver_timeout_gives_504(spec: str, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger=LOGGER)
-
-    async def resolver() -> dict[str, str]:
-        await anyio.sleep_forever()
-        raise AssertionError("unreachable")
-
+async def test_resolver_timeout_gives_504(spec: str, logs: pytest.LogCaptureFixture) -> None:
     body = TrackedBody(b"never")
-    response = HeaderFirstStreamingResponse(body, header_resolver=resolver, resolver_timeout=0.05)
+    response = HeaderFirstStreamingResponse(
+        body, header_resolver=never_resolves, resolver_timeout=0.05
+    )
     recorder = await call(response, http_scope(path="/p", spec_version=spec))
 
     assert sent(recorder) == plain_error(504, b"Gateway Timeout")
-    assert logged(caplog) == [("ERROR", "header resolver timed out after 0.05s for /p")]
+    assert logged(logs) == [("ERROR", "header resolver timed out after 0.05s for /p")]
     assert (body.pulls, body.closes) == (0, 1)
 
 
-@pytest.mark.anyio
 async def test_resolver_that_returns_within_its_timeout_is_used() -> None:
     async def resolver() -> dict[str, str]:
         await anyio.sleep(0.01)
@@ -209,22 +194,15 @@ async def test_resolver_that_returns_within_its_timeout_is_used() -> None:
     assert sent(recorder) == [start(200, [(b"x-late", b"1")]), chunk(b"a"), END]
 
 
-@pytest.mark.anyio
 @SPECS
 async def test_degrade_streams_without_resolver_headers_and_warns(
-    spec: str, caplog: pytest.LogCaptureFixture
+    spec: str, logs: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger=LOGGER)
-    scope = http_scope(path="/p", spec_version=spec)
-    late_headers(scope).add("x-request-id", "req-1")
-
-    async def resolver() -> dict[str, str]:
-        raise RuntimeError("limiter down")
-
+    scope = scope_with_request_id("req-1", path="/p", spec_version=spec)
     response = HeaderFirstStreamingResponse(
         TrackedBody(b"a", b"b"),
         headers={"x-own": "1"},
-        header_resolver=resolver,
+        header_resolver=failing_resolver(RuntimeError("limiter down")),
         on_resolver_error="degrade",
     )
     recorder = await call(response, scope)
@@ -236,30 +214,23 @@ async def test_degrade_streams_without_resolver_headers_and_warns(
         END,
     ]
     message = "header resolver failed for /p; sending the response without its headers"
-    assert logged(caplog) == [("WARNING", message)]
-    assert isinstance(logged_exception(caplog, message), RuntimeError)
+    assert logged(logs) == [("WARNING", message)]
+    assert isinstance(logged_exception(logs, message), RuntimeError)
 
 
-@pytest.mark.anyio
 async def test_degrade_on_timeout_streams_without_resolver_headers_and_warns(
-    caplog: pytest.LogCaptureFixture,
+    logs: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger=LOGGER)
-
-    async def resolver() -> dict[str, str]:
-        await anyio.sleep_forever()
-        raise AssertionError("unreachable")
-
     response = HeaderFirstStreamingResponse(
         TrackedBody(b"a"),
-        header_resolver=resolver,
+        header_resolver=never_resolves,
         resolver_timeout=0.05,
         on_resolver_error="degrade",
     )
     recorder = await call(response, http_scope(path="/p"))
 
     assert sent(recorder) == [start(200, []), chunk(b"a"), END]
-    assert logged(caplog) == [
+    assert logged(logs) == [
         (
             "WARNING",
             "header resolver timed out after 0.05s for /p; "
@@ -290,29 +261,25 @@ INVALID_RESOLVER_HEADERS = [
 ]
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize(("headers", "reason"), INVALID_RESOLVER_HEADERS)
 async def test_invalid_resolver_header_gives_500_and_never_a_head_with_it(
-    headers: Any, reason: str, caplog: pytest.LogCaptureFixture
+    headers: Any, reason: str, logs: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger=LOGGER)
     body = TrackedBody(b"never")
     response = HeaderFirstStreamingResponse(body, header_resolver=resolver_of(headers))
     recorder = await call(response, http_scope(path="/p"))
 
     assert sent(recorder) == plain_error(500, ERROR_500)
-    error = logged_exception(caplog, "header resolver failed for /p")
+    error = logged_exception(logs, "header resolver failed for /p")
     assert error is not None
     assert type(error).__name__ == "HeaderValidationError"
     assert reason in str(error)
     assert (body.pulls, body.closes) == (0, 1)
 
 
-@pytest.mark.anyio
 async def test_invalid_resolver_header_under_degrade_streams_without_it(
-    caplog: pytest.LogCaptureFixture,
+    logs: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger=LOGGER)
     response = HeaderFirstStreamingResponse(
         TrackedBody(b"a"),
         header_resolver=resolver_of({"x-good": "1", "x-bad": "a\r\nb"}),
@@ -320,10 +287,9 @@ async def test_invalid_resolver_header_under_degrade_streams_without_it(
     )
     recorder = await call(response, http_scope(path="/p"))
     assert sent(recorder) == [start(200, []), chunk(b"a"), END]
-    assert [level for level, _ in logged(caplog)] == ["WARNING"]
+    assert [level for level, _ in logged(logs)] == ["WARNING"]
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize(
     ("headers", "reason"),
     [
@@ -333,11 +299,9 @@ async def test_invalid_resolver_header_under_degrade_streams_without_it(
     ],
 )
 async def test_invalid_own_header_gives_500(
-    headers: dict[str, str], reason: str, caplog: pytest.LogCaptureFixture
+    headers: dict[str, str], reason: str, logs: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger=LOGGER)
-    scope = http_scope(path="/p")
-    late_headers(scope).add("x-request-id", "req-1")
+    scope = scope_with_request_id("req-1", path="/p")
     body = TrackedBody(b"never")
     response = HeaderFirstStreamingResponse(
         body, headers=headers, header_resolver=resolver_of({"x-late": "1"})
@@ -345,7 +309,7 @@ async def test_invalid_own_header_gives_500(
     recorder = await call(response, scope)
 
     assert sent(recorder) == plain_error(500, ERROR_500, (b"x-request-id", b"req-1"))
-    assert reason in str(logged_exception(caplog, "invalid response header for /p"))
+    assert reason in str(logged_exception(logs, "invalid response header for /p"))
     assert (body.pulls, body.closes) == (0, 1)
 
 

@@ -11,9 +11,9 @@ import anyio.to_thread
 import pytest
 from starlette.background import BackgroundTask
 
-from header_first_stream import HeaderFirstEventSourceResponse, late_headers
+from header_first_stream import HeaderFirstEventSourceResponse
 
-from ._asgi import Recorder, call, events, http_scope, websocket_scope
+from ._asgi import Recorder, call, events, http_scope, scope_with_request_id, websocket_scope
 from ._expect import SPECS, SSE_HEADERS, WAIT
 
 # --- the head: resolver, HEAD, websocket, background -------------------------------------
@@ -25,8 +25,7 @@ async def test_resolved_and_request_late_headers_are_in_the_sse_head(spec: str) 
     async def resolver() -> Mapping[str, str | int]:
         return {"x-ratelimit-remaining-requests": 99}
 
-    scope = http_scope(spec_version=spec)
-    late_headers(scope).add("x-request-id", "r-1")
+    scope = scope_with_request_id("r-1", spec_version=spec)
     response = HeaderFirstEventSourceResponse(events("hi"), header_resolver=resolver)
     recorder = await call(response, scope)
     assert recorder.head == {

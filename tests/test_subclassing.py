@@ -12,7 +12,7 @@ import anyio
 import pytest
 from starlette.types import Message, Receive, Send
 
-from header_first_stream import HeaderFirstStreamingResponse, late_headers
+from header_first_stream import HeaderFirstStreamingResponse
 
 from ._asgi import (
     END,
@@ -21,6 +21,7 @@ from ._asgi import (
     chunk,
     http_scope,
     receive_disconnect_after,
+    scope_with_request_id,
     sent,
     start,
     websocket_scope,
@@ -52,8 +53,7 @@ async def limits() -> dict[str, str | int]:
 async def test_an_overridden_stream_response_sends_its_head_with_the_late_headers(
     spec: str,
 ) -> None:
-    scope = http_scope(spec_version=spec)
-    late_headers(scope).add("x-request-id", "r1")
+    scope = scope_with_request_id("r1", spec_version=spec)
     response = LengthPrefixed(words(b"ab", b"c"), header_resolver=limits)
     recorder = await call(response, scope)
     assert sent(recorder) == [

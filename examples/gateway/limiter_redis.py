@@ -25,6 +25,7 @@ import redis.asyncio
 import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.maint_notifications import MaintNotificationsConfig
 
 from .keys import VirtualKey
 from .limiter import WINDOW_SECONDS, Decision, KeyLimits, StoreUnavailable, decide
@@ -66,13 +67,18 @@ def connect(url: str, *, timeout: float = SOCKET_TIMEOUT) -> redis.asyncio.Redis
     """An asyncio Redis client for ``url`` (``redis://host:port/db``) with bounded waits.
 
     No retries inside the client: a failed call fails at once, and the gateway's policy
-    answers it.
+    answers it. So a pooled connection that Redis closed while it was idle (Redis was
+    restarted) must never be used: the pool checks each one before a call and reconnects,
+    but skips that check while redis-py's maintenance notifications are on (their default,
+    "auto", turns them on over RESP3, redis-py 8's default protocol). They serve Redis
+    Enterprise and Redis Cloud failovers; turned off, the check runs.
     """
     client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
         decode_responses=True,
     )
     return client

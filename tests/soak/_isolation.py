@@ -9,12 +9,11 @@ resolver. Every response must carry exactly its own id in each id header, once.
 from __future__ import annotations
 
 import random
-import time
-from contextlib import AsyncExitStack
 
 import anyio
 import httpx
 
+from .._servers import send_all_at_once
 from ._wire import Server
 
 KINDS = ("async", "sync", "stream", "hfs")
@@ -47,19 +46,15 @@ def run(server: Server, requests: int, seed: int) -> tuple[dict[str, object], li
 
     async def main() -> float:
         limits = httpx.Limits(max_connections=CONNECTIONS_PER_CLIENT)
-        async with AsyncExitStack() as stack:
-            clients = [
-                await stack.enter_async_context(
-                    httpx.AsyncClient(base_url=server.url, limits=limits, timeout=30.0)
-                )
-                for _ in range(CLIENTS)
-            ]
-            started = time.monotonic()
-            with anyio.fail_after(300):
-                async with anyio.create_task_group() as tasks:
-                    for index in range(requests):
-                        tasks.start_soon(one, clients[index % CLIENTS], index)
-            return time.monotonic() - started
+        return await send_all_at_once(
+            server.url,
+            one,
+            requests,
+            clients=CLIENTS,
+            limits=limits,
+            client_timeout=30.0,
+            within=300,
+        )
 
     seconds = anyio.run(main)
     failures = [*mismatches[:20], *errors[:20]]
