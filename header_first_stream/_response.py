@@ -50,10 +50,9 @@ from __future__ import annotations
 
 import logging
 import math
-import types
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext, suppress
-from typing import Any, NamedTuple
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -63,7 +62,8 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from ._errors import early_error_response, plain_error
+from ._body import ClosingBody
+from ._errors import early_error_response
 from ._headers import (
     DEFAULT_MAX_HEAD_SIZE,
     DEFAULT_MAX_HEADER_VALUE_SIZE,
@@ -73,6 +73,8 @@ from ._headers import (
     validate_own_headers,
 )
 from ._late import take_late_headers
+from ._own_stream import Answered, HeadFirstSend
+from ._prepared import Prepared, error_head, start_message
 from ._resolve import (
     ResolverAttributes,
     ResolverFailed,
@@ -101,23 +103,6 @@ logger = logging.getLogger("header_first_stream")
 
 FINAL_SEND_GRACE = 0.25
 """Seconds a final body message may still take once the client left or the server exits."""
-
-
-class _Prepared(NamedTuple):
-    """The head a response decided on, and what follows it; nothing of it sent yet."""
-
-    start: Message
-    """The ``http.response.start`` message, with its own headers list."""
-    first_chunk: bytes | memoryview | None = None
-    """The peeked first chunk, encoded; ``None`` when there was no peek."""
-    body_ended: bool = False
-    """The body ended during the peek, before its first chunk."""
-    error_body: bytes | memoryview | None = None
-    """The body of an error response sent instead of the stream."""
-
-
-class _Answered(Exception):
-    """A subclass's `stream_response` is stopped: an error response was sent instead."""
 
 
 def _deny_websocket(send: Send) -> Send:
@@ -154,16 +139,7 @@ def is_head(scope: Scope) -> bool:
     return method is not None and method.upper() == "HEAD"
 
 
-def _start(status: int, headers: RawHeaders) -> Message:
-    return {"type": "http.response.start", "status": status, "headers": headers}
-
-
-def _error(status: int, reason: str, late: RawHeaders) -> _Prepared:
-    headers, body = plain_error(reason, late)
-    return _Prepared(_start(status, headers), error_body=body)
-
-
-class HeaderFirstStreamingResponse(StreamingResponse, ResolverAttributes):
+class HeaderFirstStreamingResponse(ClosingBody, StreamingResponse, ResolverAttributes):
     """A `StreamingResponse` that sends its head only once its late headers are known.
 
     A drop-in replacement for `starlette.responses.StreamingResponse` (same positional
@@ -231,9 +207,6 @@ class HeaderFirstStreamingResponse(StreamingResponse, ResolverAttributes):
         TypeError: ``header_resolver`` or ``early_error_handler`` is not callable, or a
             subclass that overrides ``stream_response`` asks for ``peek_first_chunk``.
     """
-
-    cleanup_timeout: float | None = 30.0
-    """Seconds closing the body iterator may take before it is abandoned (logged)."""
 
     # Set per subclass: whether it frames the body in its own `stream_response`.
     _own_stream_response = False
@@ -313,13 +286,6 @@ class HeaderFirstStreamingResponse(StreamingResponse, ResolverAttributes):
     shutdown_event: anyio.Event | None = None
     shutdown_grace_period: float = 0
 
-    # Body state, each a class-level default until it changes. The iterator the peek and
-    # the loop share is created on first use, because an app may still replace
-    # `body_iterator` after construction.
-    _sync_content: object = None  # a sync iterable Starlette wrapped, to close it too
-    _iterating: AsyncIterator[Any] | None = None
-    _exhausted = False  # the iterator ended by itself
-    _closed = False
     # The final body message is being sent: the listener must not cut it short.
     _ending = False
     # The listener starts the server-exit polling once the stream lived a while.
@@ -461,8 +427,8 @@ class HeaderFirstStreamingResponse(StreamingResponse, ResolverAttributes):
         """
         try:
             if self._own_stream_response:
-                with suppress(_Answered):
-                    await self.stream_response(_HeadFirstSend(self, scope, send, listening))
+                with suppress(Answered):
+                    await self.stream_response(HeadFirstSend(self, scope, send, listening))
                 return
             if self.peek_first_chunk or self._resolver_options.resolver is not None:
                 prepared = await self._prepare(scope)
@@ -481,7 +447,7 @@ class HeaderFirstStreamingResponse(StreamingResponse, ResolverAttributes):
 
     # -- the head ------------------------------------------------------------------------
 
-    async def _prepare(self, scope: Scope) -> _Prepared:
+    async def _prepare(self, scope: Scope) -> Prepared:
         """Decide the head: run the peek and the resolver; send nothing."""
         if self.peek_first_chunk and not is_head(scope):
             return await self._prepare_after_peek(scope)
@@ -494,7 +460,7 @@ class HeaderFirstStreamingResponse(StreamingResponse, ResolverAttributes):
                 return self._checked(scope, self._failed(scope, failure))
         return self._head(scope, resolved)
 
-    def _head(self, scope: Scope, resolved: RawHeaders) -> _Prepared:
+    def _head(self, scope: Scope, resolved: RawHeaders) -> Prepared:
         """The head of the stream, with the late headers (taken only now: a resolver may
         itself add request-scoped headers) and the resolver's."""
         late = take_late_headers(scope, resolved)
@@ -502,10 +468,10 @@ class HeaderFirstStreamingResponse(StreamingResponse, ResolverAttributes):
             scope, self._merged_head(scope, self.status_code, self.raw_headers, late, resolved)
         )
 
-    def _failed(self, scope: Scope, failure: ResolverFailed) -> _Prepared:
-        return _error(failure.status, failure.reason, take_late_headers(scope))
+    def _failed(self, scope: Scope, failure: ResolverFailed) -> Prepared:
+        return error_head(failure.status, failure.reason, take_late_headers(scope))
 
-    def _checked(self, scope: Scope, prepared: _Prepared) -> _Prepared:
+    def _checked(self, scope: Scope, prepared: Prepared) -> Prepared:
         try:  # once per head, whichever head was decided
             check_head_size(
                 prepared.start["headers"], self.max_header_value_size, self.max_head_size
@@ -513,13 +479,13 @@ class HeaderFirstStreamingResponse(StreamingResponse, ResolverAttributes):
         except HeaderValidationError:
             logger.exception("response head too large for %s", scope.get("path", ""))
             # The late headers or the app's own made it so: an error without either.
-            return _error(500, "Internal Server Error", [])
+            return error_head(500, "Internal Server Error", [])
         return prepared
 
-    async def _prepare_after_peek(self, scope: Scope) -> _Prepared:
+    async def _prepare_after_peek(self, scope: Scope) -> Prepared:
         return self._checked(scope, await self._decide_after_peek(scope))
 
-    async def _decide_after_peek(self, scope: Scope) -> _Prepared:
+    async def _decide_after_peek(self, scope: Scope) -> Prepared:
         first_chunk: bytes | memoryview | None = None
         first_item: Any = None  # the first chunk as the iterator gave it, for the resolver
         body_ended = False
@@ -543,7 +509,7 @@ class HeaderFirstStreamingResponse(StreamingResponse, ResolverAttributes):
         if early_error is not None:
             return self._early_error(scope, early_error, merge_headers(late, resolved))
         head = self._merged_head(scope, self.status_code, self.raw_headers, late, resolved)
-        return _Prepared(head.start, first_chunk, body_ended, head.error_body)
+        return Prepared(head.start, first_chunk, body_ended, head.error_body)
 
     def _merged_head(
         self,
@@ -552,15 +518,15 @@ class HeaderFirstStreamingResponse(StreamingResponse, ResolverAttributes):
         own: RawHeaders,
         late: RawHeaders,
         resolved: RawHeaders,
-    ) -> _Prepared:
+    ) -> Prepared:
         try:
             validate_own_headers(own, type(self).__name__)
         except HeaderValidationError:
             logger.exception("invalid response header for %s", scope.get("path", ""))
-            return _error(500, "Internal Server Error", late)
+            return error_head(500, "Internal Server Error", late)
         # A list of its own: the response's `raw_headers` stays the response's.
         headers = merge_headers(merge_headers(list(own), late), resolved)
-        return _Prepared(_start(status, headers))
+        return Prepared(start_message(status, headers))
 
     _resolver_options: ResolverOptions[HeaderResolver | ChunkHeaderResolver]
 
@@ -578,15 +544,15 @@ class HeaderFirstStreamingResponse(StreamingResponse, ResolverAttributes):
             args, scope.get("path", ""), self.max_header_value_size, self.max_head_size
         )
 
-    def _early_error(self, scope: Scope, exc: Exception, late: RawHeaders) -> _Prepared:
+    def _early_error(self, scope: Scope, exc: Exception, late: RawHeaders) -> Prepared:
         status, headers, body = early_error_response(
             self.early_error_handler, exc, late, scope.get("path", "")
         )
-        return _Prepared(_start(status, headers), error_body=body)
+        return Prepared(start_message(status, headers), error_body=body)
 
     # -- the body ------------------------------------------------------------------------
 
-    async def _send_prepared(self, scope: Scope, send: Send, prepared: _Prepared) -> None:
+    async def _send_prepared(self, scope: Scope, send: Send, prepared: Prepared) -> None:
         await send(prepared.start)
         if prepared.error_body is not None:
             await self._send_last(send, prepared.error_body)
@@ -626,111 +592,3 @@ class HeaderFirstStreamingResponse(StreamingResponse, ResolverAttributes):
         if isinstance(chunk, BYTES_TYPES):
             return chunk
         return chunk.encode(self.charset)  # type: ignore[no-any-return]
-
-    def _body(self) -> AsyncIterator[Any]:
-        """The body iterator, started once and shared by the peek and the loop."""
-        if self._iterating is None:
-            self._iterating = aiter(self.body_iterator)
-        return self._iterating
-
-    # -- closing -------------------------------------------------------------------------
-
-    def _needs_closing(self) -> bool:
-        # A native generator that ran to its end is closed already: no cancel scope to pay
-        # for on the common path. Any other iterator (an SDK's stream object) may hold its
-        # connection until aclose()/close(), even after its last chunk.
-        if not self._exhausted or not isinstance(self._iterating, types.AsyncGeneratorType):
-            return True
-        sync = self._sync_content
-        return hasattr(sync, "close") and not isinstance(sync, types.GeneratorType)
-
-    def _must_close(self) -> bool:
-        # Asked where the response ends inside its watch, and again by `__call__` for every
-        # other exit: only the first asking closes (a plain call, not a coroutine, as the
-        # answer is mostly no).
-        if self._closed:
-            return False
-        self._closed = True
-        return self._needs_closing()
-
-    async def _close_body(self) -> None:
-        # Shielded: on a disconnect this runs inside a cancelled scope, and the
-        # generator's own `finally` may need to await (closing an upstream connection).
-        with anyio.move_on_after(self.cleanup_timeout, shield=True) as deadline:
-            aclose = getattr(self._iterating or self.body_iterator, "aclose", None)
-            if aclose is not None:
-                try:
-                    await aclose()
-                except Exception:
-                    logger.exception("closing the body iterator failed")
-            close = getattr(self._sync_content, "close", None)
-            if close is not None:
-                try:
-                    # Abandoned, not waited for, when it outlasts cleanup_timeout.
-                    await anyio.to_thread.run_sync(close, abandon_on_cancel=True)
-                except Exception:
-                    logger.exception("closing the body iterator failed")
-        # `cancel_called`, not `cancelled_caught`: a generator that swallowed the
-        # deadline's cancellation has still had its clean-up cut short.
-        if deadline.cancel_called:
-            logger.warning("closing the body iterator took over %ss", self.cleanup_timeout)
-
-
-class _HeadFirstSend:
-    """The ``send`` a subclass's own `stream_response` gets: its head waits, as ours does.
-
-    The first ``http.response.start`` it is given is held back while the resolver runs,
-    then merged with the late headers and validated (invariants 1 and 3); if that ends
-    in an error response, the error is sent instead and `_Answered` stops the override.
-    """
-
-    __slots__ = ("_head_sent", "_listening", "_response", "_scope", "_send")
-
-    def __init__(
-        self,
-        response: HeaderFirstStreamingResponse,
-        scope: Scope,
-        send: Send,
-        listening: anyio.CancelScope | None,
-    ) -> None:
-        self._response = response
-        self._scope = scope
-        self._send = send
-        self._listening = listening
-        self._head_sent = False
-
-    async def __call__(self, message: Message) -> None:
-        if self._head_sent or message["type"] != "http.response.start":
-            if message["type"] == "http.response.body" and not message.get("more_body"):
-                self._response._ending = True
-            await self._send(message)
-            return
-        response, scope = self._response, self._scope
-        resolved: RawHeaders = []
-        failed: ResolverFailed | None = None
-        if response.header_resolver is not None:
-            try:
-                resolved = await response._resolve(scope, ())
-            except ResolverFailed as failure:
-                failed = failure
-        late = take_late_headers(scope, resolved)
-        if failed is not None:
-            prepared = _error(failed.status, failed.reason, late)
-        else:
-            own = [(bytes(name), bytes(value)) for name, value in message.get("headers", ())]
-            prepared = response._checked(
-                scope,
-                response._merged_head(
-                    scope, message.get("status", response.status_code), own, late, resolved
-                ),
-            )
-        await anyio.lowlevel.checkpoint_if_cancelled()  # invariant 6
-        if self._listening is not None:
-            self._listening.cancel()
-        self._head_sent = True
-        if prepared.error_body is None:
-            await self._send({**message, **prepared.start})
-            return
-        await self._send(prepared.start)
-        await response._send_last(self._send, prepared.error_body)
-        raise _Answered

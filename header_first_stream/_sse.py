@@ -103,7 +103,7 @@ def _with_timeout(send: Send, timeout: float) -> Send:
     return timed_send
 
 
-class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse, EventSourceResponse):  # type: ignore[misc]
+class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse, EventSourceResponse):
     """A Server-Sent Events response whose head waits for its late headers.
 
     Takes what `sse_starlette.EventSourceResponse` takes, in the same order, and encodes

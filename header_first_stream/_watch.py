@@ -208,8 +208,8 @@ class _Watch:
         args: tuple[object, ...],
         context: contextvars.Context | None = None,
     ) -> None:
-        if self._ended:
-            return  # the response ended first
+        if self._ended or self.stopped:
+            return  # the response ended, or is ending, first
         if self._on_asyncio:
             side.task = asyncio.get_running_loop().create_task(self._side(side, fn, args))
         else:
@@ -218,8 +218,14 @@ class _Watch:
             trio.lowlevel.spawn_system_task(self._side, side, fn, args, context=context)
 
     def stop(self) -> None:
+        # As a task group's cancellation: the side tasks too, before the response's own
+        # clean-up runs (a producer feeding the body must see a cancellation, not the
+        # body's channel closed under it).
         self.stopped = True
         self._scope.cancel()
+        for side in self._sides:
+            if side.scope is not None:
+                side.scope.cancel()
 
     async def run(self, work: Callable[..., Awaitable[None]], args: tuple[object, ...]) -> None:
         try:
@@ -240,8 +246,8 @@ class _Watch:
     async def _side(
         self, side: _Side, fn: Callable[..., Awaitable[object]], args: tuple[object, ...]
     ) -> None:
-        if self._ended:
-            return  # the response ended before this task's first step
+        if self._ended or self.stopped:
+            return  # the response ended, or is ending, before this task's first step
         try:
             with anyio.CancelScope() as side.scope:
                 await fn(*args)

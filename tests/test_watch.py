@@ -255,3 +255,34 @@ async def test_a_side_task_started_while_the_sides_end_is_ended_too() -> None:
     with anyio.fail_after(5):
         await run_watched(work)
     assert events in ([], ["late started"])  # ended before or after its first step
+
+
+async def test_stopping_cancels_the_side_tasks_before_the_works_clean_up() -> None:
+    # As a task group: a producer feeding the body must see a cancellation, not the body's
+    # channel closed under it by the response's clean-up.
+    events: list[str] = []
+    closed = anyio.Event()
+
+    async def producer() -> None:
+        try:
+            await closed.wait()
+            events.append("producer woke to a closed channel")
+        except anyio.get_cancelled_exc_class():
+            events.append("producer cancelled")
+            raise
+
+    async def work(watch: Watch) -> None:
+        async def stopper() -> None:
+            await anyio.sleep(0.01)  # the producer is waiting by then
+            watch.stop()
+
+        watch.start_soon(producer)
+        watch.start_soon(stopper)
+        try:
+            await anyio.sleep_forever()
+        finally:
+            closed.set()  # the clean-up: closes what the producer waits on
+
+    with anyio.fail_after(5):
+        await run_watched(work)
+    assert events == ["producer cancelled"]
