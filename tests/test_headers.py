@@ -59,7 +59,7 @@ def test_mapping_is_rendered_lower_case_with_ints_as_decimal_and_ows_stripped() 
 
 
 def test_any_mapping_is_rendered_as_a_dict_is() -> None:
-    source = {"X-A": "1", "x-b": 2}
+    source: dict[str, str | int] = {"X-A": "1", "x-b": 2}
     expected = [(b"x-a", b"1"), (b"x-b", b"2")]
     assert render_headers(source) == expected
     assert render_headers(types.MappingProxyType(source)) == expected
