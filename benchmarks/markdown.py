@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from . import _apps, e2e, inprocess, memory
+from . import _apps, breakdown, e2e, inprocess, memory
 from ._apps import Variant
 from .inprocess import PER_CHUNK, PER_RESPONSE, SPECS, summary
 from .targets import Run, _median, checks
@@ -142,6 +142,40 @@ def _memory_table(results: memory.Results, variants: Sequence[Variant]) -> list[
     return lines
 
 
+def _breakdown_table(results: breakdown.Results) -> list[str]:
+    backends = results.backends
+    lines = [
+        "Each step timed on its own, in process (`benchmarks/breakdown.py`, the `breakdown` "
+        "part of the run): medians of interleaved rounds.",
+        "",
+        "| step | " + " | ".join(backends) + " |",
+        "|---|" + "---|" * len(backends),
+    ]
+    for step in breakdown.STEPS:
+        cells = [_time(results.median(backend, step)) for backend in backends]
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Reading it: with a resolver, the head waits, and a client that leaves meanwhile must "
+        "cancel the resolver and get nothing; at spec 2.4 only a listener on `receive()` "
+        "can notice that. On asyncio a resolver that returns without waiting starts no "
+        "listener, but arming one (a callback at the event loop's next pass, cancelled "
+        "when the resolver returned first) is the difference between the two resolver rows; "
+        "trio cancels only through a scope entered before the resolver runs, and a scope "
+        "alone costs more there than the 2× target leaves. The head rules (every own header "
+        "checked, the head's size, the late-headers store) are the rest of the gap to "
+        "Starlette, which checks nothing.",
+        "",
+    ]
+    return lines
+
+
+def _time(ns: float) -> str:
+    if math.isnan(ns):
+        return "–"
+    return f"{ns / 1000:.2f} µs" if ns >= 1000 else f"{ns:.0f} ns"
+
+
 def markdown(run: Run, chart_name: str) -> str:
     mode = "quick (tiny counts: proves the harness, not the figures)" if run.quick else "full"
     lines = [
@@ -199,15 +233,20 @@ def markdown(run: Run, chart_name: str) -> str:
         ]
         lines += _inprocess_tables(run.inprocess, run.variants)
         lines += [
-            "Reading the per-response figures: on spec 2.3 every response pays for a task "
-            "group that runs the disconnect listener (Starlette's too), and on this machine "
-            "an anyio task group with one task costs tens of microseconds, far more than "
-            "everything else a response does. On spec 2.4 Starlette starts no task at all, so "
-            "any task group per response (a listener while the head is held back, an SSE "
-            "ping task) shows there as a ratio above 10×. The rows without a resolver and "
-            "without pings are there to tell those costs apart.",
+            "Reading the per-response figures: on spec 2.3 Starlette runs every response in "
+            "an anyio task group beside its disconnect listener, and on this machine such a "
+            "group costs tens of microseconds, more than everything else a response does. "
+            "This package runs the response in the request's own task with the listener "
+            "beside it as a bare asyncio task or a trio system task, started only once the "
+            "response waits (`header_first_stream/_watch.py`). On spec 2.4 Starlette starts "
+            "no task at all, so every step this package adds shows there; the next section "
+            "times them. An SSE response with pings (sse-starlette's default) listens to the "
+            "end on every spec: its listener sends the pings.",
             "",
         ]
+    if run.breakdown is not None:
+        lines += ["## Where a response's time goes at spec 2.4", ""]
+        lines += _breakdown_table(run.breakdown)
     if run.e2e is not None:
         lines += ["## End to end", ""]
         lines += _e2e_table(run.e2e)

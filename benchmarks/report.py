@@ -13,13 +13,13 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import _apps, e2e, inprocess, machine, memory
+from . import _apps, breakdown, e2e, inprocess, machine, memory
 from .chart import chart
 from .markdown import markdown
 from .targets import Run, checks
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("inprocess", "e2e", "memory")
+PARTS = ("inprocess", "breakdown", "e2e", "memory")
 
 
 def _progress(message: str) -> None:
@@ -76,6 +76,11 @@ def main(argv: Sequence[str] | None = None, progress: Callable[[str], None] = _p
             counts = inprocess.Counts(counts.chunks, counts.responses, args.rounds)
         progress(f"in process: {counts.rounds} rounds on {', '.join(backends)}")
         samples = inprocess.run(variants, counts, backends)
+    breakdown_results = None
+    if "breakdown" in parts:
+        breakdown_counts = breakdown.QUICK if args.quick else breakdown.FULL
+        progress(f"breakdown: {breakdown_counts.rounds} rounds on {', '.join(backends)}")
+        breakdown_results = breakdown.run(breakdown_counts, backends)
     e2e_results = None
     if "e2e" in parts:
         e2e_counts = e2e.QUICK if args.quick else e2e.FULL
@@ -96,6 +101,7 @@ def main(argv: Sequence[str] | None = None, progress: Callable[[str], None] = _p
         load_after=machine.load_average(),
         variants=variants,
         inprocess=samples,
+        breakdown=breakdown_results,
         e2e=e2e_results,
         memory=memory_results,
     )

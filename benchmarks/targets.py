@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from . import _apps, e2e, inprocess, memory
+from . import _apps, breakdown, e2e, inprocess, memory
 from ._apps import Variant
 from .inprocess import PER_CHUNK, PER_RESPONSE, SPECS, summary
 
@@ -25,6 +25,7 @@ class Run:
     load_after: str
     variants: list[Variant]
     inprocess: inprocess.Samples | None
+    breakdown: breakdown.Results | None
     e2e: e2e.Results | None
     memory: memory.Results | None
 
