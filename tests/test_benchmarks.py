@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import _apps, e2e, report
+from benchmarks import _apps, breakdown, e2e, report
 
 
 def _quiet(message: str) -> None:
@@ -23,6 +23,7 @@ def test_quick_run_writes_a_report_with_every_variant_row(tmp_path: Path) -> Non
         "Run",
         "Targets",
         "In process: cost per chunk and per response",
+        "Where a response's time goes at spec 2.4",
         "End to end",
         "Memory per open stream",
     ]
@@ -38,6 +39,8 @@ def test_quick_run_writes_a_report_with_every_variant_row(tmp_path: Path) -> Non
         assert rows("Memory per open stream", variant.label) == 1
     for e2e_variant in e2e.VARIANTS:
         assert rows("End to end", e2e_variant.label) == 1
+    for step in breakdown.STEPS:  # one row per step, a figure per backend
+        assert rows("Where a response's time goes at spec 2.4", step) == 1, step
     for what in (
         "`HeaderFirstStreamingResponse`, per chunk",
         "`HeaderFirstStreamingResponse`, per response (no-op resolver)",
@@ -80,4 +83,4 @@ def test_unknown_part_is_refused_with_the_known_ones(capsys: pytest.CaptureFixtu
         report.main(["--quick", "--parts", "inprocess,disk"], progress=_quiet)
 
     assert exit_info.value.code == 2
-    assert "unknown part(s) disk: choose from inprocess, e2e, memory" in capsys.readouterr().err
+    assert "unknown part(s) disk: choose from inprocess, breakdown, e2e, memory" in capsys.readouterr().err
