@@ -311,7 +311,9 @@ class HeaderFirstStreamingResponse(ClosingBody, StreamingResponse, ResolverAttri
                         # across its yields needs that, on trio).
                         await self._respond_beside_listener(scope, receive, send, until_head=True)
                     elif self.header_resolver is not None:
-                        await self._respond_after_listening(scope, receive, send)
+                        # Listened to only while the head is held back, and only if the
+                        # resolver waits at all (one that returns at once starts nothing).
+                        await self._respond(scope, send, receive=receive)
                     else:
                         await self._respond(scope, send)  # nothing to wait for
                 except OSError as exc:
@@ -348,17 +350,6 @@ class HeaderFirstStreamingResponse(ClosingBody, StreamingResponse, ResolverAttri
             await self._respond(scope, send, listening)
         finally:
             stop()
-
-    async def _respond_after_listening(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Spec 2.4 with a resolver and no peek: listen only while the head is held back,
-        # and only if it waits at all (a resolver that returns at once starts nothing).
-        try:
-            prepared = await first_of(self._prepare(scope), self._wait_for_disconnect, receive)
-        except Stopped:
-            # The client left while the head was held back: send nothing, even if the
-            # resolver ended without noticing.
-            return
-        await self._send_prepared(scope, send, prepared)
 
     def _start_tasks(self, watch: Watch) -> Callable[[], None]:
         """Start what runs beside the body; return the call that stops it.
@@ -418,19 +409,31 @@ class HeaderFirstStreamingResponse(ClosingBody, StreamingResponse, ResolverAttri
         watch.stop()
 
     async def _respond(
-        self, scope: Scope, send: Send, listening: anyio.CancelScope | None = None
+        self,
+        scope: Scope,
+        send: Send,
+        listening: anyio.CancelScope | None = None,
+        receive: Receive | None = None,
     ) -> None:
         """Decide the head, send it and the body, then close the body, in this task.
 
         ``listening``: the listener's scope, to cancel once the head is out (``None``: the
-        listener, if any, listens to the end).
+        listener, if any, listens to the end). ``receive``: no listener runs; watch the
+        client (`first_of`) while the resolver runs.
         """
         try:
             if self._own_stream_response:
                 with suppress(Answered):
                     await self.stream_response(HeadFirstSend(self, scope, send, listening))
                 return
-            if self.peek_first_chunk or self._resolver_options.resolver is not None:
+            if receive is not None:
+                try:
+                    prepared = await first_of(
+                        self._prepare(scope), self._wait_for_disconnect, receive
+                    )
+                except Stopped:
+                    return  # the client left while the head was held back: send nothing
+            elif self.peek_first_chunk or self._resolver_options.resolver is not None:
                 prepared = await self._prepare(scope)
                 # The client left, or the request was cancelled, while the head was held
                 # back: send nothing, even if the resolver ended without noticing (a
@@ -440,7 +443,13 @@ class HeaderFirstStreamingResponse(ClosingBody, StreamingResponse, ResolverAttri
                 prepared = self._head(scope, [])  # nothing to wait for
             if listening is not None:
                 listening.cancel()
-            await self._send_prepared(scope, send, prepared)
+            await send(prepared.start)
+            if prepared.error_body is not None:
+                await self._send_last(send, prepared.error_body)
+            elif prepared.body_ended or is_head(scope):
+                await self._send_last(send, b"")
+            else:
+                await self._send_body(send, prepared.first_chunk)
         finally:
             if self._must_close():  # inside the watch that iterated it, in its context
                 await self._close_body()
@@ -551,15 +560,6 @@ class HeaderFirstStreamingResponse(ClosingBody, StreamingResponse, ResolverAttri
         return Prepared(start_message(status, headers), error_body=body)
 
     # -- the body ------------------------------------------------------------------------
-
-    async def _send_prepared(self, scope: Scope, send: Send, prepared: Prepared) -> None:
-        await send(prepared.start)
-        if prepared.error_body is not None:
-            await self._send_last(send, prepared.error_body)
-        elif prepared.body_ended or is_head(scope):
-            await self._send_last(send, b"")
-        else:
-            await self._send_body(send, prepared.first_chunk)
 
     async def _send_last(self, send: Send, body: bytes | memoryview) -> None:
         """Send the final body message, which a disconnect listener must not cut short."""
