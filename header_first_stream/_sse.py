@@ -47,7 +47,8 @@ Differences from `sse_starlette.EventSourceResponse` (each pinned by a parity te
 - The body iterator is closed on every exit (sse-starlette closes it only after an
   encoding or send failure), bounded by ``cleanup_timeout``.
 - The disconnect listener runs for the whole response on every ASGI spec version (as in
-  sse-starlette), in the request's task, and the body in a child task beside it.
+  sse-starlette), beside the body, which runs in the request's own task (`_watch.py`); the
+  listener also sends the pings.
 - HEAD sends the same head as GET, the resolver included; as in sse-starlette the body
   iterator is never iterated (it is closed), and ``data_sender_callable`` is not started.
 - Its private methods and attributes (``_ping``, ``_listen_for_exit_signal``, ``active``,
