@@ -156,15 +156,17 @@ def _breakdown_table(results: breakdown.Results) -> list[str]:
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Reading it: with a resolver, the head waits, and a client that leaves meanwhile must "
-        "cancel the resolver and get nothing; at spec 2.4 only a listener on `receive()` "
-        "can notice that. On asyncio a resolver that returns without waiting starts no "
-        "listener, but arming one (a callback at the event loop's next pass, cancelled "
-        "when the resolver returned first) is the difference between the two resolver rows; "
-        "trio cancels only through a scope entered before the resolver runs, and a scope "
-        "alone costs more there than the 2× target leaves. The head rules (every own header "
-        "checked, the head's size, the late-headers store) are the rest of the gap to "
-        "Starlette, which checks nothing.",
+        "Reading it: with a resolver the head waits, and a client that leaves meanwhile must "
+        "cancel the resolver and get nothing; at spec 2.4 only a listener on `receive()` can "
+        "notice that. On asyncio a resolver that returns without waiting starts no "
+        "listener; what is left is arming one (a callback at the event loop's next pass, "
+        "cancelled when the resolver returned first: the two resolver rows) and the "
+        "coroutines that run the resolver and check what it returned. On trio a task can "
+        "only be cancelled through a scope entered before the resolver runs, and the "
+        "listener is started through trio's `run_sync_soon`, whose wake-up goes through a "
+        "socket: together more than the whole of Starlette's response. The head rules "
+        "(every own header checked, the head's size, the late-headers store) are the rest "
+        "of the gap; Starlette checks nothing.",
         "",
     ]
     return lines

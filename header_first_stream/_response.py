@@ -44,6 +44,23 @@ Divergences from `starlette.responses.StreamingResponse` (each pinned by a parit
   closes the connection inside it (hypercorn's trio worker, on ``Connection: close``) is
   not cut off half-way, which with Starlette's class leaves the connection open.
 - Background tasks also run after the error responses this class sends itself.
+
+The paths, chosen once per request in `__call__`: a websocket denial (no listener); the
+listener to the end (spec below 2.4, or work that lasts the stream: `end_on_shutdown`, a
+subclass's tasks); the listener until the head is out (spec 2.4, a peek or an overridden
+`stream_response`: the body is entered before the head); the client watched only while a
+resolver runs (spec 2.4); nothing to wait for. All of them are `_respond`, and the first
+three run it inside one `run_watched`.
+
+Hooks for subclasses within this package (`HeaderFirstEventSourceResponse` uses them;
+Starlette's public extension points are in the class docstring):
+
+- `_send_body(send, first_chunk)`: send the body after the head (encode, interleave);
+- `_encode_first(chunk)`: encode the peeked first chunk as `_send_body` encodes the rest;
+- `_wait_for_disconnect(receive, until)`: the listener's wait, with work of its own
+  (pings) in the same cancel scope;
+- `_listens_to_the_end()` and `_start_tasks(watch)`: tasks that run beside the whole
+  response, on every spec version.
 """
 
 from __future__ import annotations
