@@ -6,17 +6,16 @@ benchmark machine, against ~5 us for a whole Starlette response at ASGI spec 2.4
 and commands in ``docs/benchmarks.md``). What it gives instead:
 
 - `run_watched`: the response runs in the request's own task, inside one stop signal (an
-  anyio cancel scope); side tasks (the disconnect listener, pings, the server-exit polling)
-  run beside it and may stop it. A side task is a bare asyncio task, or a trio system task
-  (the only trio task that needs no nursery), each in an anyio cancel scope of its own; one
-  that had not started when the response ended returns at its first step, so a response
-  that never waits pays for no listener's work.
-- `first_of`: await one call (the head's resolver) unless the client leaves first.
-  asyncio: the listener task is started by a callback at the event loop's next pass, so
-  a call that returns without waiting (a no-op or cached resolver) starts no task; one
-  that waits gets the listener, which cancels the request's task as ``asyncio.timeout``
-  does (``Task.cancel``, counted with ``uncancel``). trio: `run_watched`, with the
-  listener as its side task (trio cancels only through a scope entered beforehand).
+  anyio cancel scope, so that a shield in the response's own code holds as anyio
+  promises); side tasks (the disconnect listener, pings, the server-exit polling) run
+  beside it and may stop it. A side task is a bare asyncio task, or a trio system task
+  (the only trio task that needs no nursery), each in an anyio cancel scope of its own. It
+  is started at the event loop's next pass (asyncio's ``call_soon``, trio's
+  ``run_sync_soon``), which a response that never waits ends before: then no task is
+  created at all.
+- `first_of`: await one call (the head's resolver) unless the client leaves first: a
+  `run_watched` whose side task is the listener, so that a resolver that returns without
+  waiting (a no-op or cached one) starts no task.
 - `cancel_requested`: whether the running task is being cancelled, told apart from a
   ``CancelledError`` some code raised on its own.
 
@@ -92,38 +91,12 @@ async def first_of(
     Raises:
         Stopped: ``listen()`` returned first; ``call`` was cancelled (or ended anyway).
     """
-    host = _asyncio_task()
-    if host is None:
-        result: list[T] = []
-        watch = _Watch(on_asyncio=False)
-        await watch.run(_first_of_work, (call, listen, args, result))
-        if watch.stopped:
-            raise Stopped
-        return result[0]
-    # asyncio: in one coroutine, as this is on the path of every held head.
-    listener = _AsyncioListener(host, listen, args)
-    cancelling = host.cancelling()
-    # Runs at the event loop's next pass, which comes only if `call` waits: a call that
-    # returns at once (a no-op or cached resolver) starts no task.
-    start = host.get_loop().call_soon(listener.start)
-    try:
-        result_ = await call
-    except asyncio.CancelledError:
-        # Ours, and no other cancellation besides it: the client left (or the listener
-        # failed, which a task group would raise too).
-        if not listener.stopped or host.uncancel() > cancelling:
-            raise
-    else:
-        if not listener.stopped:
-            return result_
-        host.uncancel()  # delivered, and swallowed by the call: still stopped
-    finally:
-        start.cancel()
-        if listener.started:
-            await listener.end()
-    if listener.error is not None:
-        raise listener.error
-    raise Stopped
+    result: list[T] = []
+    watch = _Watch(_asyncio_task() is not None)
+    await watch.run(_first_of_work, (call, listen, args, result))
+    if watch.stopped:
+        raise Stopped  # even if the call ended anyway (it swallowed the cancellation)
+    return result[0]
 
 
 async def _first_of_work(
@@ -275,49 +248,3 @@ class _Watch:
             for side in running:
                 assert side.waiter is not None
                 await side.waiter.wait()
-
-
-# -- asyncio -------------------------------------------------------------------------------
-
-
-class _AsyncioListener:
-    """`first_of`'s listener on asyncio: a task, started once the host waits, that cancels it."""
-
-    __slots__ = ("_args", "_host", "_listen", "_side", "error", "stopped")
-
-    def __init__(
-        self,
-        host: asyncio.Task[Any],
-        listen: Callable[..., Awaitable[object]],
-        args: tuple[object, ...],
-    ) -> None:
-        self._host = host
-        self._listen = listen
-        self._args = args
-        self._side: asyncio.Task[None] | None = None
-        self.stopped = False  # it returned, and cancelled the host
-        self.error: BaseException | None = None  # its own exception
-
-    @property
-    def started(self) -> bool:
-        return self._side is not None
-
-    def start(self) -> None:
-        self._side = self._host.get_loop().create_task(self._run())
-
-    async def end(self) -> None:
-        side = self._side
-        assert side is not None  # called once started
-        if not side.done():
-            side.cancel()
-            await asyncio.wait((side,))
-
-    async def _run(self) -> None:
-        try:
-            await self._listen(*self._args)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            self.error = exc
-        self.stopped = True
-        self._host.cancel()

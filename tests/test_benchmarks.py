@@ -83,4 +83,7 @@ def test_unknown_part_is_refused_with_the_known_ones(capsys: pytest.CaptureFixtu
         report.main(["--quick", "--parts", "inprocess,disk"], progress=_quiet)
 
     assert exit_info.value.code == 2
-    assert "unknown part(s) disk: choose from inprocess, breakdown, e2e, memory" in capsys.readouterr().err
+    assert (
+        "unknown part(s) disk: choose from inprocess, breakdown, e2e, memory"
+        in capsys.readouterr().err
+    )

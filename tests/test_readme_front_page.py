@@ -48,3 +48,13 @@ def test_every_relative_link_resolves() -> None:
 def test_slug_matches_the_toc_extension() -> None:
     assert _slug("## Why it exists") == "why-it-exists"
     assert _slug("What the middleware does not do") == "what-the-middleware-does-not-do"
+
+
+def test_every_figure_in_what_it_costs_comes_from_the_benchmark_report() -> None:
+    section = README.read_text().split("## What it costs", 1)[1].split("\n## ", 1)[0]
+    figures = re.findall(r"\d+\.\d+\u00d7", section)  # the multiplication sign
+    assert len(figures) >= 6, section
+    targets = (ROOT / "docs" / "benchmarks.md").read_text().split("## Targets", 1)[1]
+    targets = targets.split("\n## ", 1)[0]
+    for figure in figures:
+        assert figure in targets, f"README's {figure} is not in docs/benchmarks.md's targets"

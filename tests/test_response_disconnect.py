@@ -208,13 +208,17 @@ async def test_a_body_cut_off_by_a_disconnect_is_closed_in_its_own_context(spec:
     assert log[-1] == "reset ok"
 
 
-def shielded_resolver(seconds: float, headers: dict[str, str | int]) -> HeaderResolver:
+def shielded_resolver(
+    seconds: float, headers: dict[str, str | int], done: list[str] | None = None
+) -> HeaderResolver:
     """A resolver whose work may not be cancelled (a limiter write that must not be torn):
-    it returns ``headers`` after ``seconds``, shielded."""
+    it returns ``headers`` after ``seconds``, shielded, and records "written" in ``done``."""
 
     async def resolver() -> dict[str, str | int]:
         with anyio.CancelScope(shield=True):
             await anyio.sleep(seconds)
+            if done is not None:
+                done.append("written")
         return headers
 
     return resolver
@@ -226,11 +230,13 @@ async def test_no_head_goes_out_when_the_client_left_during_a_shielded_resolver(
     spec: str,
 ) -> None:
     body = TrackedBody(b"hello")
-    resolver = shielded_resolver(0.2, {"x-ratelimit-remaining-requests": 7})
+    done: list[str] = []
+    resolver = shielded_resolver(0.2, {"x-ratelimit-remaining-requests": 7}, done)
     response = HeaderFirstStreamingResponse(body, header_resolver=resolver)
     recorder = await call(response, http_scope(spec_version=spec), receive_disconnect_after(0.05))
     assert recorder.messages == []
     assert (body.pulls, body.closes) == (0, 1)
+    assert done == ["written"]  # the shield held: the client leaving tore nothing
 
 
 @pytest.mark.anyio
