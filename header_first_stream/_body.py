@@ -35,7 +35,6 @@ class ClosingBody:
     _sync_content: object = None  # a sync iterable Starlette wrapped, to close it too
     _iterating: AsyncIterator[Any] | None = None
     _exhausted = False  # the iterator ended by itself
-    _closed = False
 
     def _body(self) -> AsyncIterator[Any]:
         """The body iterator, started once and shared by the peek and the loop."""
@@ -44,15 +43,10 @@ class ClosingBody:
         return self._iterating
 
     def _must_close(self) -> bool:
-        # Asked where the response ends inside its watch, and again by `__call__` for every
-        # other exit: only the first asking closes (a plain call, not a coroutine, as the
-        # answer is mostly no).
-        if self._closed:
-            return False
-        self._closed = True
-        # A native generator that ran to its end is closed already. Any other iterator
-        # (an SDK's stream object) may hold its connection until aclose()/close(), even
-        # after its last chunk.
+        # Asked once, where the response ends (a plain call, not a coroutine, as the
+        # answer is mostly no). A native generator that ran to its end is closed already;
+        # any other iterator (an SDK's stream object) may hold its connection until
+        # aclose()/close(), even after its last chunk.
         if not self._exhausted or not isinstance(self._iterating, types.AsyncGeneratorType):
             return True
         sync = self._sync_content

@@ -311,33 +311,30 @@ class HeaderFirstStreamingResponse(ClosingBody, StreamingResponse, ResolverAttri
     # -- orchestration -------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            if scope["type"] == "websocket":
-                await self._respond(scope, _deny_websocket(send))
-            elif not spec_at_least_2_4(scope):
-                await self._respond_beside_listener(scope, receive, send, until_head=False)
-            else:
-                # From spec 2.4 a disconnect shows as OSError from send(); a listener is
-                # needed only while the head waits, or for work that lasts the stream.
-                try:
-                    if self._listens_to_the_end():
-                        await self._respond_beside_listener(scope, receive, send, until_head=False)
-                    elif self.peek_first_chunk or self._own_stream_response:
-                        # The body is entered before the head: it is also streamed and
-                        # closed inside the watch (a generator that holds a cancel scope
-                        # across its yields needs that, on trio).
-                        await self._respond_beside_listener(scope, receive, send, until_head=True)
-                    elif self.header_resolver is not None:
-                        # Listened to only while the head is held back, and only if the
-                        # resolver waits at all (one that returns at once starts nothing).
-                        await self._respond(scope, send, receive=receive)
-                    else:
-                        await self._respond(scope, send)  # nothing to wait for
-                except OSError as exc:
-                    raise ClientDisconnect() from exc
-        finally:
-            if self._must_close():  # whatever `_respond` did not close
-                await self._close_body()
+        # Every path is `_respond`, which closes the body however it ends (invariant 4).
+        if scope["type"] == "websocket":
+            await self._respond(scope, _deny_websocket(send))
+        elif not spec_at_least_2_4(scope):
+            await self._respond_beside_listener(scope, receive, send, until_head=False)
+        else:
+            # From spec 2.4 a disconnect shows as OSError from send(); a listener is
+            # needed only while the head waits, or for work that lasts the stream.
+            try:
+                if self._listens_to_the_end():
+                    await self._respond_beside_listener(scope, receive, send, until_head=False)
+                elif self.peek_first_chunk or self._own_stream_response:
+                    # The body is entered before the head: it is also streamed and closed
+                    # inside the watch (a generator that holds a cancel scope across its
+                    # yields needs that, on trio).
+                    await self._respond_beside_listener(scope, receive, send, until_head=True)
+                elif self.header_resolver is not None:
+                    # Listened to only while the head is held back, and only if the
+                    # resolver waits at all (one that returns at once starts nothing).
+                    await self._respond(scope, send, receive=receive)
+                else:
+                    await self._respond(scope, send)  # nothing to wait for
+            except OSError as exc:
+                raise ClientDisconnect() from exc
         if self.background is not None:
             await self.background()
 
@@ -469,7 +466,7 @@ class HeaderFirstStreamingResponse(ClosingBody, StreamingResponse, ResolverAttri
                 await self._send_body(send, prepared.first_chunk)
         finally:
             if self._must_close():  # inside the watch that iterated it, in its context
-                await self._close_body()
+                await self._close_body()  # the one place the body is closed
 
     # -- the head ------------------------------------------------------------------------
 
