@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 
 import anyio
@@ -260,7 +260,7 @@ async def test_a_shutdown_during_the_final_message_lets_it_finish() -> None:
         if not message.get("more_body", True) and message["type"] == "http.response.body":
             await release.wait()  # the client is slow to take the last chunk
 
-    async def short() -> AsyncIterator[bytes]:
+    async def short() -> AsyncGenerator[bytes]:
         yield b"a"
 
     body = short()
@@ -294,7 +294,7 @@ async def test_a_final_send_that_stalls_through_a_shutdown_is_cut_after_the_grac
             begin_shutdown()
             await anyio.sleep_forever()
 
-    async def short() -> AsyncIterator[bytes]:
+    async def short() -> AsyncGenerator[bytes]:
         yield b"a"
 
     body = short()
