@@ -131,13 +131,15 @@ def cancel_requested() -> bool:
 class _Side:
     """One side task: started or not yet, finished, and how to cancel and wait for it."""
 
-    __slots__ = ("finished", "scope", "task", "waiter")
+    __slots__ = ("finished", "handle", "scope", "task", "waiter")
 
     def __init__(self) -> None:
         self.scope: anyio.CancelScope | None = None  # set once the task has started
         self.finished = False
         self.waiter: anyio.Event | None = None  # set by `_Watch._end_sides` to wait on
-        # asyncio keeps only a weak reference to a task: this one keeps it running.
+        # asyncio: the callback that starts it, cancelled (its references dropped at once)
+        # if the response ends first; and the task, as asyncio keeps only a weak reference.
+        self.handle: asyncio.Handle | None = None
         self.task: asyncio.Task[None] | None = None
 
 
@@ -167,7 +169,8 @@ class _Watch:
         # before: then no task is created at all.
         context = contextvars.copy_context()
         if self._on_asyncio:
-            asyncio.get_running_loop().call_soon(self._spawn, side, fn, args, context=context)
+            loop = asyncio.get_running_loop()
+            side.handle = loop.call_soon(self._spawn, side, fn, args, context=context)
         else:
             import trio  # only ever imported under trio
 
@@ -236,15 +239,21 @@ class _Watch:
                 side.waiter.set()
 
     async def _end_sides(self) -> None:
-        self._ended = True
-        sides = self._sides
-        while sides:  # a side task may start another while it ends
-            running = [side for side in sides if side.scope is not None and not side.finished]
-            sides.clear()
-            for side in running:
-                assert side.scope is not None
-                side.scope.cancel()
-                side.waiter = anyio.Event()
+        while running := self._end():  # a side task may start another while it ends
             for side in running:
                 assert side.waiter is not None
                 await side.waiter.wait()
+
+    def _end(self) -> list[_Side]:
+        """End the watch: cancel every side task; return those to wait for (started)."""
+        self._ended = True  # one not started yet returns at its first step
+        running: list[_Side] = []
+        for side in self._sides:
+            if side.handle is not None:
+                side.handle.cancel()  # not started yet: its callback never runs
+            if side.scope is not None and not side.finished:
+                side.scope.cancel()
+                side.waiter = anyio.Event()
+                running.append(side)
+        self._sides.clear()
+        return running
