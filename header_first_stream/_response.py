@@ -53,7 +53,8 @@ resolver runs (spec 2.4); nothing to wait for. All of them are `_respond`, and t
 three run it inside one `run_watched`.
 
 Hooks for subclasses within this package (`HeaderFirstEventSourceResponse` uses them;
-Starlette's public extension points are in the class docstring):
+Starlette's public extension points are in the class docstring; the listener's three are
+defined in `_listening.py`, the body's closing in `_body.py`):
 
 - `_send_body(send, first_chunk)`: send the body after the head (encode, interleave);
 - `_encode_first(chunk)`: encode the peeked first chunk as `_send_body` encodes the rest;
@@ -66,9 +67,8 @@ Starlette's public extension points are in the class docstring):
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable, Mapping
-from contextlib import nullcontext, suppress
+from collections.abc import Mapping
+from contextlib import suppress
 from typing import Any
 
 import anyio
@@ -90,6 +90,7 @@ from ._headers import (
     validate_own_headers,
 )
 from ._late import take_late_headers
+from ._listening import Listening
 from ._own_stream import Answered, HeadFirstSend
 from ._prepared import Prepared, error_head, start_message
 from ._resolve import (
@@ -98,11 +99,8 @@ from ._resolve import (
     ResolverOptions,
 )
 from ._shutdown import (
-    POLL_INTERVAL,
     check_shutdown_options,
-    keep_polling,
     unwatched,
-    watch_server_exit,
 )
 from ._types import (
     BYTES_TYPES,
@@ -118,9 +116,6 @@ __all__ = ["HeaderFirstStreamingResponse"]
 
 logger = logging.getLogger("header_first_stream")
 
-FINAL_SEND_GRACE = 0.25
-"""Seconds a final body message may still take once the client left or the server exits."""
-
 
 def _deny_websocket(send: Send) -> Send:
     # As Starlette's `Response._wrap_websocket_denial_send` (private, so mirrored here).
@@ -132,9 +127,6 @@ def _deny_websocket(send: Send) -> Send:
 
     return wrapped
 
-
-# Entered where no scope is needed: cheaper than a CancelScope of its own.
-_NO_SCOPE = nullcontext()
 
 # Parsed spec versions; a server sends the same string on every request.
 _SPEC_AT_LEAST_2_4: dict[str, bool] = {}
@@ -156,7 +148,7 @@ def is_head(scope: Scope) -> bool:
     return method is not None and method.upper() == "HEAD"
 
 
-class HeaderFirstStreamingResponse(ClosingBody, StreamingResponse, ResolverAttributes):
+class HeaderFirstStreamingResponse(ClosingBody, Listening, StreamingResponse, ResolverAttributes):
     """A `StreamingResponse` that sends its head only once its late headers are known.
 
     A drop-in replacement for `starlette.responses.StreamingResponse` (same positional
@@ -296,17 +288,10 @@ class HeaderFirstStreamingResponse(ClosingBody, StreamingResponse, ResolverAttri
             self.shutdown_event = shutdown_event
             self.shutdown_grace_period = shutdown_grace_period
 
-    # Options, as given to the constructor (the defaults here).
+    # Options, as given to the constructor (the defaults here; the shutdown options'
+    # are in `Listening`).
     peek_first_chunk = False
     early_error_handler: EarlyErrorHandler | None = None
-    end_on_shutdown = False
-    shutdown_event: anyio.Event | None = None
-    shutdown_grace_period: float = 0
-
-    # The final body message is being sent: the listener must not cut it short.
-    _ending = False
-    # The listener starts the server-exit polling once the stream lived a while.
-    _polls_later = False
 
     # -- orchestration -------------------------------------------------------------------
 
@@ -338,13 +323,6 @@ class HeaderFirstStreamingResponse(ClosingBody, StreamingResponse, ResolverAttri
         if self.background is not None:
             await self.background()
 
-    def _listens_to_the_end(self) -> bool:
-        """Whether the listener has work for the whole response, on every spec version.
-
-        A subclass that starts tasks of its own in `_start_tasks` extends this.
-        """
-        return self.end_on_shutdown
-
     async def _respond_beside_listener(
         self, scope: Scope, receive: Receive, send: Send, *, until_head: bool
     ) -> None:
@@ -364,63 +342,6 @@ class HeaderFirstStreamingResponse(ClosingBody, StreamingResponse, ResolverAttri
             await self._respond(scope, send, listening)
         finally:
             stop()
-
-    def _start_tasks(self, watch: Watch) -> Callable[[], None]:
-        """Start what runs beside the body; return the call that stops it.
-
-        A subclass adds its own tasks here (and says so in `_listens_to_the_end`).
-        """
-        if not self.end_on_shutdown:
-            return unwatched
-        self._polls_later = True
-        return watch_server_exit(watch, lambda: self._on_server_exit(watch))
-
-    async def _listen(
-        self,
-        receive: Receive,
-        watch: Watch,
-        listening: anyio.CancelScope | None,
-    ) -> None:
-        with listening or _NO_SCOPE:  # cancelled by the response once its head is out
-            # A stream still open `POLL_INTERVAL` in makes sure the server's exit is
-            # polled for (see `watch_server_exit`); shorter ones never need it.
-            if not self._polls_later:
-                await self._wait_for_disconnect(receive)
-            elif not await self._wait_for_disconnect(receive, anyio.current_time() + POLL_INTERVAL):
-                keep_polling(watch)
-                await self._wait_for_disconnect(receive)
-            await self._stop(watch)
-
-    async def _wait_for_disconnect(self, receive: Receive, until: float = math.inf) -> bool:
-        """The listener's wait: ``True`` once the client left, ``False`` at ``until``.
-
-        A subclass may do more while it waits (pings), in the same cancel scope.
-        """
-        if until == math.inf:  # the common case: no cancel scope to pay for
-            await self.listen_for_disconnect(receive)
-            return True
-        with anyio.CancelScope(deadline=until):
-            await self.listen_for_disconnect(receive)
-            return True
-        return False
-
-    def _on_server_exit(self, watch: Watch) -> None:
-        if self.shutdown_event is not None:
-            self.shutdown_event.set()
-        logger.info("server shutting down: ending an open stream")
-        # A body that ends by itself meanwhile ends the watch, and this task with it.
-        watch.start_soon(self._stop, watch, self.shutdown_grace_period)
-
-    async def _stop(self, watch: Watch, after: float = 0) -> None:
-        """Cancel the response (the client left, or the server exits), after ``after``."""
-        if after:
-            await anyio.sleep(after)
-        if self._ending:
-            # The final message is being sent. A server may close the connection inside
-            # that send (hypercorn does, on `Connection: close`) and report a disconnect:
-            # cut it short only if it stalls, never half-way through a closing send.
-            await anyio.sleep(FINAL_SEND_GRACE)
-        watch.stop()
 
     async def _respond(
         self,
