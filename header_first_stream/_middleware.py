@@ -52,7 +52,7 @@ from ._headers import (
 )
 from ._late import CURRENT, LateHeaders, late_headers
 from ._resolve import ResolverAttributes, ResolverFailed, ResolverOptions
-from ._response import spec_at_least_2_4
+from ._scope import spec_at_least_2_4
 from ._types import AnyASGIApp, RawHeaders, ResolverErrorPolicy, ScopeHeaderResolver
 
 __all__ = ["HeaderFirstMiddleware", "ScopeHeaderResolver"]

@@ -97,12 +97,6 @@ class ResolverOptions(NamedTuple, Generic[R]):
             TypeError: ``resolver`` is not callable.
             ValueError: ``timeout`` or ``policy`` is out of range.
         """
-        if resolver is None and timeout is None and policy == "error":
-            # The defaults, shared: a response without a resolver builds no value.
-            default = _DEFAULTS.get((option, takes))
-            if default is None:
-                default = _DEFAULTS[option, takes] = cls(None, None, "error", option, takes)
-            return default
         if resolver is not None and not callable(resolver):
             taking = "" if takes is None else f" taking {takes}"
             raise TypeError(
@@ -174,9 +168,6 @@ class ResolverOptions(NamedTuple, Generic[R]):
                 return []
             logger.exception("header resolver failed for %s", path)
             raise ResolverFailed(500, "Internal Server Error") from None
-
-
-_DEFAULTS: dict[tuple[str, str | None], ResolverOptions[Any]] = {}
 
 
 class ResolverAttributes:

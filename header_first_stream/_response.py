@@ -98,6 +98,7 @@ from ._resolve import (
     ResolverFailed,
     ResolverOptions,
 )
+from ._scope import is_head, spec_at_least_2_4
 from ._shutdown import (
     check_shutdown_options,
     unwatched,
@@ -126,26 +127,6 @@ def _deny_websocket(send: Send) -> Send:
         await send(message)
 
     return wrapped
-
-
-# Parsed spec versions; a server sends the same string on every request.
-_SPEC_AT_LEAST_2_4: dict[str, bool] = {}
-
-
-def spec_at_least_2_4(scope: Scope) -> bool:
-    version: str = scope.get("asgi", {}).get("spec_version", "2.0")
-    known = _SPEC_AT_LEAST_2_4.get(version)
-    if known is None:
-        # As Starlette reads it, so "2.4.1" or "3" is accepted too.
-        parsed = tuple(map(int, version.split(".")))
-        known = _SPEC_AT_LEAST_2_4[version] = parsed >= (2, 4)
-    return known
-
-
-def is_head(scope: Scope) -> bool:
-    # Starlette never reads the method on this path: a scope without one is a GET here.
-    method = scope.get("method")
-    return method is not None and method.upper() == "HEAD"
 
 
 class HeaderFirstStreamingResponse(ClosingBody, Listening, StreamingResponse, ResolverAttributes):
@@ -394,7 +375,7 @@ class HeaderFirstStreamingResponse(ClosingBody, Listening, StreamingResponse, Re
     async def _prepare(self, scope: Scope) -> Prepared:
         """Decide the head: run the peek and the resolver; send nothing."""
         if self.peek_first_chunk and not is_head(scope):
-            return await self._prepare_after_peek(scope)
+            return self._checked(scope, await self._decide_after_peek(scope))
         resolved: RawHeaders = []
         if self._resolver_options.resolver is not None:  # the common path, inline
             try:
@@ -425,9 +406,6 @@ class HeaderFirstStreamingResponse(ClosingBody, Listening, StreamingResponse, Re
             # The late headers or the app's own made it so: an error without either.
             return error_head(500, "Internal Server Error", [])
         return prepared
-
-    async def _prepare_after_peek(self, scope: Scope) -> Prepared:
-        return self._checked(scope, await self._decide_after_peek(scope))
 
     async def _decide_after_peek(self, scope: Scope) -> Prepared:
         first_chunk: bytes | memoryview | None = None

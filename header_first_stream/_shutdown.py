@@ -11,7 +11,7 @@ Invariants:
 2. However many streams watch, one task per event loop polls (every `POLL_INTERVAL`
    seconds), started beside a watching stream (its `Watch`); a stream adds no task of its
    own, only a callback. When the polling task's stream ends, the polling moves to the
-   group of a stream still watching.
+   watch of a stream still watching.
 
 Sources of "the server is exiting", any of which ends the wait:
 
@@ -62,12 +62,12 @@ class _Watchers:
         self.watching: dict[Callable[[], None], Watch] = {}
 
     def start_polling(self, candidates: Iterable[Watch]) -> None:
-        # In a group that is not being cancelled: a task started there would end at once
+        # Beside a watch that is not being stopped: a task started there would end at once
         # and hand the polling straight back.
-        for group in candidates:
-            if not group.stopped:
+        for watch in candidates:
+            if not watch.stopped:
                 self.polling = anyio.CancelScope()
-                group.start_soon(self._poll, self.polling)
+                watch.start_soon(self._poll, self.polling)
                 return
 
     async def _poll(self, polling: anyio.CancelScope) -> None:
@@ -75,7 +75,7 @@ class _Watchers:
             with polling:
                 while not _server_exiting(self):  # noqa: ASYNC110 - no signal to wait on
                     await anyio.sleep(POLL_INTERVAL)
-        finally:  # also when this stream's group ends and cancels the polling
+        finally:  # also when this stream's watch ends and cancels the polling
             self.polling = None
             if _server_exiting(self):
                 self.noticed = True
@@ -130,11 +130,11 @@ def begin_shutdown() -> None:
         watchers.start_polling(watchers.watching.values())
 
 
-def watch_server_exit(group: Watch, on_exit: Callable[[], None]) -> Callable[[], None]:
+def watch_server_exit(watch: Watch, on_exit: Callable[[], None]) -> Callable[[], None]:
     """Call ``on_exit`` once the server exits; return the call that stops watching.
 
-    ``group`` is the watching stream's `Watch`, beside which the polling task may run; stop
-    watching before that group ends. Costs no task per stream (invariant 2), and starts
+    ``watch`` is the watching stream's `Watch`, beside which the polling task may run; stop
+    watching before that watch ends. Costs no task per stream (invariant 2), and starts
     no polling: the stream calls `keep_polling` once it has lived `POLL_INTERVAL` (most
     responses end before a poll would matter, and a polling task started and cancelled per
     response would cost more than the response itself).
@@ -143,7 +143,7 @@ def watch_server_exit(group: Watch, on_exit: Callable[[], None]) -> Callable[[],
     if watchers.noticed:
         on_exit()
         return unwatched
-    watchers.watching[on_exit] = group
+    watchers.watching[on_exit] = watch
 
     def unwatch() -> None:
         watchers.watching.pop(on_exit, None)
@@ -151,11 +151,11 @@ def watch_server_exit(group: Watch, on_exit: Callable[[], None]) -> Callable[[],
     return unwatch
 
 
-def keep_polling(group: Watch) -> None:
-    """Make sure a task polls the server's exit flag, starting one in ``group`` if none."""
+def keep_polling(watch: Watch) -> None:
+    """Make sure a task polls the server's exit flag, starting one beside ``watch`` if none."""
     watchers = _watchers()
     if watchers.polling is None and not watchers.noticed:
-        watchers.start_polling((group,))
+        watchers.start_polling((watch,))
 
 
 def unwatched() -> None:

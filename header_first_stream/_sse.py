@@ -66,7 +66,8 @@ import anyio
 from starlette.background import BackgroundTask
 from starlette.types import Message, Receive, Scope, Send
 
-from ._response import HeaderFirstStreamingResponse, is_head
+from ._response import HeaderFirstStreamingResponse
+from ._scope import is_head
 from ._shutdown import unwatched, wait_for_server_exit
 from ._types import EarlyErrorHandler, EventHeaderResolver, HeaderResolver, ResolverErrorPolicy
 from ._watch import Watch
