@@ -16,9 +16,9 @@ import anyio
 import anyio.lowlevel
 from starlette.responses import StreamingResponse
 
-from header_first_stream._headers import check_head_size, validate_own_headers
-from header_first_stream._late import take_late_headers
-from header_first_stream._watch import first_of
+from header_first_stream import HeaderFirstStreamingResponse
+from header_first_stream._head import decide_head
+from header_first_stream._lifeline import first_of
 
 from ._apps import HEADERS, _ours_no_resolver, _starlette, chunks, http_scope, noop_resolver, ours
 from .inprocess import _receive, _send, summary
@@ -60,9 +60,7 @@ def _steps() -> dict[str, Callable[[], Awaitable[object]]]:
         await app(http_scope(spec_version="2.4", state={}), _receive, _send)
 
     async def head_rules() -> None:
-        validate_own_headers(head, "bench")
-        check_head_size(head, 8192, 16384)
-        take_late_headers({})
+        decide_head({}, 200, head, [], HeaderFirstStreamingResponse, owner="bench")
 
     async def scope() -> None:
         with anyio.CancelScope():  # noqa: ASYNC100 - entering and leaving is what is timed
@@ -78,7 +76,7 @@ def _steps() -> dict[str, Callable[[], Awaitable[object]]]:
         "Starlette `StreamingResponse`, whole response": lambda: whole(starlette),
         "ours without a resolver, whole response": lambda: whole(plain),
         "ours with a no-op resolver, whole response": lambda: whole(resolved),
-        "the head rules (own headers checked, size, late-headers store)": head_rules,
+        "the head decided (own headers checked, size, late-headers store)": head_rules,
         "a no-op resolver awaited alone": resolver_alone,
         "the same resolver awaited while the client is watched (`first_of`)": resolver_watched,
         "an anyio cancel scope entered and left": scope,

@@ -1,75 +1,56 @@
-"""The body of a streamed response: iterated once, by the peek and the loop, closed once.
+"""Closing a response's body iterator: once, on every exit, bounded, never raising.
 
-`ClosingBody` is a base of `HeaderFirstStreamingResponse`; it keeps invariant 4 of
-`_response.py`: the body iterator is closed when the response ends for any reason, in
-the task (and inside the watch) that iterated it, unless it is a native generator that ran
-to its end (closed already: no cancel scope to pay for on the common path).
+Invariant 4 of `_response.py`: the body iterator is closed when the response ends for any
+reason, in the task (and inside the lifeline) that iterated it, unless it is a native
+generator that ran to its end (closed already: no cancel scope to pay for on the common
+path). Starlette wraps a sync iterable in a thread-pool async generator; closing that
+wrapper does not close the iterable itself, so it is closed too.
 """
 
 from __future__ import annotations
 
 import logging
 import types
-from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import anyio
 import anyio.to_thread
 
-__all__ = ["ClosingBody"]
+__all__ = ["close_body", "must_close"]
 
 logger = logging.getLogger("header_first_stream")
 
 
-class ClosingBody:
-    """The body state of a response, and how it is closed."""
+def must_close(iterating: object, exhausted: bool, sync_content: object) -> bool:
+    """Whether the body still needs closing (a plain call: the answer is mostly no).
 
-    body_iterator: AsyncIterable[Any]  # Starlette's attribute; an app may replace it
+    A native generator that ran to its end is closed already; any other iterator (an SDK's
+    stream object) may hold its connection until ``aclose()``/``close()``.
+    """
+    if not exhausted or not isinstance(iterating, types.AsyncGeneratorType):
+        return True
+    return hasattr(sync_content, "close") and not isinstance(sync_content, types.GeneratorType)
 
-    cleanup_timeout: float | None = 30.0
-    """Seconds closing the body iterator may take before it is abandoned (logged)."""
 
-    # Each a class-level default until it changes (this is set up per request). The
-    # iterator the peek and the loop share is created on first use, because an app may
-    # still replace `body_iterator` after construction.
-    _sync_content: object = None  # a sync iterable Starlette wrapped, to close it too
-    _iterating: AsyncIterator[Any] | None = None
-    _exhausted = False  # the iterator ended by itself
-
-    def _body(self) -> AsyncIterator[Any]:
-        """The body iterator, started once and shared by the peek and the loop."""
-        if self._iterating is None:
-            self._iterating = aiter(self.body_iterator)
-        return self._iterating
-
-    def _must_close(self) -> bool:
-        # Asked once, where the response ends (a plain call, not a coroutine, as the
-        # answer is mostly no). A native generator that ran to its end is closed already;
-        # any other iterator (an SDK's stream object) may hold its connection until
-        # aclose()/close(), even after its last chunk.
-        if not self._exhausted or not isinstance(self._iterating, types.AsyncGeneratorType):
-            return True
-        sync = self._sync_content
-        return hasattr(sync, "close") and not isinstance(sync, types.GeneratorType)
-
-    async def _close_body(self) -> None:
-        # Shielded: on a disconnect this runs inside a cancelled scope, and the
-        # generator's own `finally` may need to await (closing an upstream connection).
-        with anyio.move_on_after(self.cleanup_timeout, shield=True) as deadline:
-            aclose = getattr(self._iterating or self.body_iterator, "aclose", None)
-            if aclose is not None:
-                try:
-                    await aclose()
-                except Exception:
-                    logger.exception("closing the body iterator failed")
-            close = getattr(self._sync_content, "close", None)
-            if close is not None:
-                try:
-                    # Abandoned, not waited for, when it outlasts cleanup_timeout.
-                    await anyio.to_thread.run_sync(close, abandon_on_cancel=True)
-                except Exception:
-                    logger.exception("closing the body iterator failed")
-        # `cancel_called`, not `cancelled_caught`: a generator that swallowed the
-        # deadline's cancellation has still had its clean-up cut short.
-        if deadline.cancel_called:
-            logger.warning("closing the body iterator took over %ss", self.cleanup_timeout)
+async def close_body(iterator: Any, sync_content: object, within: float | None) -> None:
+    """Close ``iterator`` (and the sync iterable it wraps), within ``within`` seconds."""
+    # Shielded: on a disconnect this runs inside a cancelled scope, and the generator's
+    # own `finally` may need to await (closing an upstream connection).
+    with anyio.move_on_after(within, shield=True) as deadline:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            try:
+                await aclose()
+            except Exception:
+                logger.exception("closing the body iterator failed")
+        close = getattr(sync_content, "close", None)
+        if close is not None:
+            try:
+                # Abandoned, not waited for, when it outlasts ``within``.
+                await anyio.to_thread.run_sync(close, abandon_on_cancel=True)
+            except Exception:
+                logger.exception("closing the body iterator failed")
+    # `cancel_called`, not `cancelled_caught`: a generator that swallowed the deadline's
+    # cancellation has still had its clean-up cut short.
+    if deadline.cancel_called:
+        logger.warning("closing the body iterator took over %ss", within)

@@ -23,7 +23,9 @@ __all__ = [
     "CURRENT",
     "LateHeaders",
     "add_late_headers",
+    "head_taken_inside",
     "late_headers",
+    "late_names",
     "take_late_headers",
 ]
 
@@ -45,15 +47,33 @@ class LateHeaders:
     return ``False``.
     """
 
-    __slots__ = ("_path", "_raw", "_resolved", "_sent")
+    __slots__ = ("_decided", "_holders", "_path", "_pending", "_raw", "_resolved", "_sent")
 
     def __init__(self, path: str = "") -> None:
-        self._raw: RawHeaders = []
+        self._raw: RawHeaders = []  # every header added
+        self._pending: RawHeaders = []  # added since a head last took them
         self._sent = False
         self._path = path
+        # How many components of ours hold the head outside whoever takes the headers
+        # (`HeaderFirstMiddleware`s): the store closes when the outermost sends its head.
+        self._holders = 0
+        self._decided = False  # a response of ours took them into the head it decided
         # The headers a HeaderFirstStreamingResponse's own resolver put in the same head:
         # not the store's to send, but the middleware exposes their names to browsers.
         self._resolved: RawHeaders = []
+
+    def __del__(self) -> None:
+        # Never silent: headers that no head took are named when the request's scope is
+        # freed (at the end of the request, on CPython), e.g. a response that is not ours
+        # without HeaderFirstMiddleware around the app.
+        if self._pending and not self._sent:
+            logger.warning(
+                "late headers %s for %s were never sent: no response head took them "
+                "(return a HeaderFirstStreamingResponse, or add HeaderFirstMiddleware "
+                "around the app for any response class)",
+                [name.decode("latin-1") for name, _ in self._pending],
+                self._path,
+            )
 
     @property
     def sent(self) -> bool:
@@ -91,6 +111,7 @@ class LateHeaders:
             )
             return False
         self._raw = merge_headers(self._raw, raw)
+        self._pending = merge_headers(self._pending, raw)
         return True
 
     def items(self) -> list[tuple[str, str]]:
@@ -98,9 +119,30 @@ class LateHeaders:
         return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in self._raw]
 
     def take(self) -> RawHeaders:
-        """Mark the headers as sent and return them (validated raw pairs)."""
+        """Mark the headers as sent and return them all (validated raw pairs)."""
         self._sent = True
+        self._pending = []
         return self._raw
+
+    def _hold(self) -> int:
+        """Register one more holder of the head (a middleware); return how many are outside it."""
+        outside = self._holders
+        self._holders += 1
+        return outside
+
+    def _take(self, outside: int | None, resolved: RawHeaders | None) -> RawHeaders:
+        """The headers not yet in a head; closes the store if no holder is ``outside``.
+
+        ``outside``: the holders outside the taker (``None``: all of them, for a response).
+        """
+        if resolved:
+            self._resolved = self._resolved + resolved
+        if outside is None:
+            self._decided = True
+        pending, self._pending = self._pending, []
+        if not (self._holders if outside is None else outside):
+            self._sent = True
+        return pending
 
 
 # Put in the scope by a head that went out before any store was asked for: a store asked
@@ -249,16 +291,32 @@ def _render_valid(headers: HeaderSource, path: str) -> tuple[RawHeaders, bool]:
     return raw, complete
 
 
-def take_late_headers(scope: Scope, resolved: RawHeaders | None = None) -> RawHeaders:
-    """Return the request's late headers and mark them sent; ``[]`` when it has none.
+def take_late_headers(
+    scope: Scope, resolved: RawHeaders | None = None, outside: int | None = None
+) -> tuple[RawHeaders, RawHeaders]:
+    """The request's late headers not yet in a head, and all of them; ``[]`` without any.
 
-    ``resolved``: the headers the response's own resolver adds to the same head, recorded
-    in the store for `HeaderFirstMiddleware(expose_late_headers=True)`.
+    The store closes (later additions are refused) unless a holder of ours is ``outside``
+    the taker (``None``: the response's case, every holder is). ``resolved``: the headers
+    the taker's own resolver adds to the same head, recorded for
+    `HeaderFirstMiddleware(expose_late_headers=True)`.
     """
     store: LateHeaders | object | None = scope.get(SCOPE_KEY)
     if isinstance(store, LateHeaders):
-        if resolved:
-            store._resolved = resolved
-        return store.take()
+        return store._take(outside, resolved), store._raw
     scope[SCOPE_KEY] = _HEAD_SENT
-    return []
+    return [], []
+
+
+def head_taken_inside(scope: Scope) -> bool:
+    """Whether a response of ours inside already decided the head (it took the headers)."""
+    store = scope.get(SCOPE_KEY)
+    return isinstance(store, LateHeaders) and store._decided
+
+
+def late_names(scope: Scope) -> list[bytes]:
+    """The names of every late header of the request, its responses' resolvers' included."""
+    store = scope.get(SCOPE_KEY)
+    if not isinstance(store, LateHeaders):
+        return []
+    return [name for name, _ in (*store._raw, *store._resolved)]

@@ -3,38 +3,31 @@
 A pure ASGI middleware (Starlette's ``BaseHTTPMiddleware`` would break streaming and
 context variables). For each HTTP request it puts a `LateHeaders` store in the scope, makes
 it the current one for `late_headers()`, and holds the inner app's ``http.response.start``
-back until the app sends the message after it; only then are the late headers known.
+back until the app sends the message after it, or a bounded hold expires; only then are the
+late headers known.
 
-A request's state lives in a `_Responder`, made per request: the app is given its
-`_Responder.receive_watching` and `_Responder.send_holding`. Invariants, enforced there:
+A request's state lives in a `_Responder`, made per request, whose lifecycle is the explicit
+`HeadState`: the app is given its `_Responder.receive_watching` and `_Responder.send_holding`,
+and the hold's timer is a side task of the request's `Lifeline`. Invariants, enforced there:
 
-1. The inner app's ``http.response.start`` goes out at most once, just before the message
-   that follows it (normally its first body message), with every late header added until
-   then; or, if the app returns without a body message, followed by an empty final body.
+1. The inner app's ``http.response.start`` goes out at most once: just before the message
+   that follows it, or when the hold expires, with every late header added until then
+   (decided by `decide_head`, as every head of this package); or, if the app returns
+   without a body message, followed by an empty final body.
 2. After the head, messages are passed on as they come, unbuffered; the only work per
-   message is one branch.
+   message is one call through a closure.
 3. Nothing is invented when the app fails: if it raises before its head went out, nothing is
    sent and the exception propagates (an error middleware outside still answers ``500``);
    an app that sent nothing sends nothing.
 4. A client that left before the head went out (the app received ``http.disconnect``)
    gets nothing more: the resolver, if running, is cancelled, and no head is sent after it.
-   The check is on the holding path only, never per chunk after the head.
 5. `CURRENT` is set for one request, in that request's own context, and reset when the
-   request ends, however it ends.
-6. Headers the middleware adds were validated when they were added (`LateHeaders`) or
-   rendered (the resolver's). The inner app's own head is passed on as the app built it
-   when the middleware adds nothing to it. When it adds headers, the app's own are passed
-   on in their order with their names lower-cased (so that a late header replaces the
-   app's of the same name whatever its case), less those that a late or resolver header
-   of the same name replaces (``set-cookie`` is added to, never replaced); their values
-   are the app's, not validated, and only the sizes of the new head are checked. Under
-   ``expose_late_headers=True``, on CORS requests only, the app's
-   ``access-control-expose-headers`` rows become one, last, with the late headers' names
-   added.
+   request ends, however it ends; nothing of the request (the hold's timer) runs after.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -42,24 +35,20 @@ import anyio
 import anyio.lowlevel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._errors import plain_error
-from ._headers import (
-    DEFAULT_MAX_HEAD_SIZE,
-    DEFAULT_MAX_HEADER_VALUE_SIZE,
-    HeaderValidationError,
-    check_head_size,
-    merge_headers,
-)
-from ._late import CURRENT, LateHeaders, late_headers
-from ._resolve import ResolverAttributes, ResolverFailed, ResolverOptions
+from ._head import Prepared, decide_head
+from ._headers import DEFAULT_MAX_HEAD_SIZE, DEFAULT_MAX_HEADER_VALUE_SIZE
+from ._late import CURRENT, LateHeaders, head_taken_inside, late_headers
+from ._lifeline import Lifeline, Side
+from ._resolve import Option, ResolverOptions
 from ._scope import spec_at_least_2_4
-from ._types import AnyASGIApp, RawHeaders, ResolverErrorPolicy, ScopeHeaderResolver
+from ._types import AnyASGIApp, ResolverErrorPolicy, ScopeHeaderResolver
 
-__all__ = ["HeaderFirstMiddleware", "ScopeHeaderResolver"]
+__all__ = ["DEFAULT_HEAD_HOLD", "HeaderFirstMiddleware", "ScopeHeaderResolver"]
 
 logger = logging.getLogger("header_first_stream")
 
-_EXPOSE = b"access-control-expose-headers"
+DEFAULT_HEAD_HOLD = 5.0
+"""Seconds `HeaderFirstMiddleware` holds a head that no body message follows."""
 
 
 def _is_cors(scope: Scope) -> bool:
@@ -68,41 +57,12 @@ def _is_cors(scope: Scope) -> bool:
     return any(name == b"origin" for name, _ in scope.get("headers", ()))
 
 
-def _with_exposed(headers: RawHeaders, names: list[bytes]) -> RawHeaders:
-    """``headers`` with ``names`` added to ``access-control-expose-headers``.
-
-    The names already listed (by `CORSMiddleware`, in one header or several) keep their
-    order and spelling; a name is never listed twice, compared case-insensitively.
-    """
-    listed: list[bytes] = []
-    rest: RawHeaders = []
-    for name, value in headers:
-        if name == _EXPOSE:
-            listed += [item.strip() for item in value.split(b",") if item.strip()]
-        else:
-            rest.append((name, value))
-    seen = {item.lower() for item in listed}
-    for name in names:
-        if name not in seen:
-            seen.add(name)
-            listed.append(name)
-    return [*rest, (_EXPOSE, b", ".join(listed))]
-
-
 def _last_body(body: bytes) -> Message:
     # A new message each time: one sent is the next middleware's to change.
     return {"type": "http.response.body", "body": body, "more_body": False}
 
 
-class _Answered(Exception):
-    """Raised from the app's ``send`` once the middleware answered in its place.
-
-    Stops an app that runs without a cancel scope (no resolver): only a head over a size
-    limit is answered there, too rare to pay for a cancel scope on every request.
-    """
-
-
-class HeaderFirstMiddleware(ResolverAttributes):
+class HeaderFirstMiddleware:
     """Send every late header of a request on its response, whatever the response class.
 
     Wrap any ASGI app (Starlette, FastAPI or bare) and every response class in it
@@ -117,8 +77,11 @@ class HeaderFirstMiddleware(ResolverAttributes):
       anywhere in the request's task: in dependencies, in hooks, in tasks it starts and in
       sync endpoints run in the thread pool;
     - holds the app's ``http.response.start`` back until the app's next message (its first
-      body message), then sends the head with the late headers merged in, then that
-      message; after that it passes every message straight through.
+      body message) or until ``head_hold_timeout`` expires, whichever comes first, then
+      sends the head with the late headers known by then merged in; after that it passes
+      every message straight through. A `HeaderFirstStreamingResponse` inside, which
+      already decided its head, is not held at all: its head goes out at once, with the
+      late headers added since it decided it.
 
     Headers are merged in this order, a later source replacing every header of the same
     name from an earlier one: the app's own head, the request's late headers, then
@@ -128,7 +91,12 @@ class HeaderFirstMiddleware(ResolverAttributes):
     Decisions (each pinned by a test):
 
     - Headers added after the head went out are not sent: `LateHeaders.add` logs a WARNING
-      naming them and returns ``False``.
+      naming them and returns ``False``. The store stays open until the outermost
+      middleware of ours sends the head: a `BaseHTTPMiddleware` inside it may still add
+      headers after ``call_next`` returned.
+    - An idle stream (its head sent, no body yet: long polling, a quiet SSE channel, a
+      slow first token) gets its head after ``head_hold_timeout`` seconds, so that its
+      client (a browser's ``EventSource``, an MCP client) sees it open.
     - An app that sends its head and returns without a body message gets an empty final
       body message, so that the response is complete (servers treat a missing final body
       as a broken response).
@@ -223,10 +191,14 @@ class HeaderFirstMiddleware(ResolverAttributes):
         expose_late_headers: On CORS requests (with an ``Origin`` header), list the late
             headers' names in ``Access-Control-Expose-Headers``, so that a browser's
             ``fetch()`` can read them; see above for where to put the middleware.
+        head_hold_timeout: Seconds the app's head is held when no body message follows
+            it (default `DEFAULT_HEAD_HOLD`); ``None`` holds it until the first body
+            message, however long that takes.
 
     Raises:
-        TypeError: ``resolver`` is not callable.
-        ValueError: ``resolver_timeout`` or ``on_resolver_error`` is out of range.
+        TypeError: ``resolver`` is not an async callable.
+        ValueError: ``resolver_timeout``, ``on_resolver_error`` or ``head_hold_timeout``
+            is out of range.
     """
 
     max_header_value_size: int = DEFAULT_MAX_HEADER_VALUE_SIZE
@@ -234,6 +206,10 @@ class HeaderFirstMiddleware(ResolverAttributes):
 
     max_head_size: int = DEFAULT_MAX_HEAD_SIZE
     """Bytes the headers of a head the middleware changed may hold (``name: value\\r\\n``)."""
+
+    resolver = Option("resolver")
+    resolver_timeout = Option("timeout")
+    on_resolver_error = Option("policy")
 
     def __init__(
         self,
@@ -243,6 +219,7 @@ class HeaderFirstMiddleware(ResolverAttributes):
         resolver_timeout: float | None = None,
         on_resolver_error: ResolverErrorPolicy = "error",
         expose_late_headers: bool = False,
+        head_hold_timeout: float | None = DEFAULT_HEAD_HOLD,
     ) -> None:
         # Litestar, Quart and Falcon type their ASGI callables with narrower scopes and
         # messages than Starlette's `ASGIApp`; the middleware takes any of them as it is.
@@ -255,16 +232,16 @@ class HeaderFirstMiddleware(ResolverAttributes):
             takes="the ASGI scope",
         )
         self.expose_late_headers = expose_late_headers
+        if head_hold_timeout is not None and (
+            isinstance(head_hold_timeout, bool) or not head_hold_timeout >= 0
+        ):
+            raise ValueError(
+                "head_hold_timeout must be a number of seconds >= 0 or None (hold until the "
+                f"first body message), got {head_hold_timeout!r}"
+            )
+        self.head_hold_timeout = head_hold_timeout
 
     _resolver_options: ResolverOptions[ScopeHeaderResolver]
-
-    @property
-    def resolver(self) -> ScopeHeaderResolver | None:
-        return self._resolver_options.resolver
-
-    @resolver.setter
-    def resolver(self, value: ScopeHeaderResolver | None) -> None:
-        self._resolver_options = self._resolver_options.replaced(resolver=value)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -299,28 +276,36 @@ def _forwarding(
     return send, redirect
 
 
-class _Responder:
-    """One HTTP request through `HeaderFirstMiddleware`: the app's head, held, then released.
+class HeadState(enum.Enum):
+    """Where one request's head is (`_Responder.state`); every method checks it."""
 
-    The app gets `receive_watching` and `send_holding` in place of the server's
-    ``receive`` and ``send``.
-    """
+    AWAITING = "the app has not sent its head"
+    HOLDING = "the app's head is held"
+    RELEASING = "the head is being decided and sent"
+    PASSING = "the head went out: messages pass straight through"
+    ANSWERED = "the middleware sent its own error response in the app's place"
+    CLIENT_LEFT = "the client left before the head went out: nothing more goes out"
+
+
+class _Responder:
+    """One HTTP request through `HeaderFirstMiddleware`: the app's head, held, then released."""
 
     __slots__ = (
-        "answered",
-        "app_scope",
-        "disconnected",
+        "body_open",
         "forward_to",
         "held",
+        "lifeline",
         "middleware",
-        "passthrough",
+        "outside",
         "receive",
+        "released",
         "resolver_left",
         "resolving",
         "scope",
         "send",
         "send_holding",
-        "store",
+        "state",
+        "timer",
     )
 
     def __init__(
@@ -335,43 +320,35 @@ class _Responder:
         self.scope = scope
         self.receive = receive  # the server's
         self.send = send  # the server's
-        self.store = store
+        self.outside = store._hold()  # holders of ours outside this one
+        self.lifeline = Lifeline()  # the app runs in its scope; the hold's timer beside it
         # Response state.
+        self.state = HeadState.AWAITING
         self.held: Message | None = None  # the app's start message, once it sent it
-        self.passthrough = False  # the head went out: every message goes straight on
         # The app's send: `hold` until the head went out, the server's own after.
         self.send_holding, self.forward_to = _forwarding(self.hold)
-        self.answered = False  # the middleware sent its own error response instead
-        # Client state.
-        self.disconnected = False  # the app received http.disconnect
+        self.timer: Side | None = None  # sends a held head when no body follows it
+        self.released: anyio.Event | None = None  # set once a release ended (if awaited)
+        self.body_open = False  # the timer sent the head; the app's final body has not passed
         # Resolver state (with a resolver only).
         self.resolving: anyio.CancelScope | None = None  # while the resolver runs
         self.resolver_left: anyio.Event | None = None  # set when the resolver's scope exits
-        # With a resolver, the app runs in this scope, to be stopped after an error answer.
-        self.app_scope: anyio.CancelScope | None = None
 
     async def respond(self) -> None:
-        app, scope = self.middleware.app, self.scope
-        if self.middleware.resolver is None:
-            try:
-                await app(scope, self.receive_watching, self.send_holding)
-            except _Answered:
-                pass
-            except BaseExceptionGroup as group:  # an app that sends from a task group
-                rest = group.split(_Answered)[1]
-                if rest is not None:
-                    raise
-        else:
-            with anyio.CancelScope() as self.app_scope:
-                await app(scope, self.receive_watching, self.send_holding)
-        if self.held is not None and not (self.passthrough or self.answered or self.disconnected):
+        await self.lifeline.run(self.run_app)
+        if self.state is HeadState.HOLDING:
             # The app sent its head and returned without a body message.
-            await self.release(self.held, _last_body(b""))
+            await self.release(_last_body(b""))
+        elif self.body_open:
+            await self.send(_last_body(b""))  # the timer sent its head; no body followed
+
+    async def run_app(self, lifeline: Lifeline) -> None:
+        await self.middleware.app(self.scope, self.receive_watching, self.send_holding)
 
     async def receive_watching(self) -> Message:
         message = await self.receive()
-        if message["type"] == "http.disconnect":
-            self.disconnected = True
+        if message["type"] == "http.disconnect" and self.state in _BEFORE_HEAD:
+            self.state = HeadState.CLIENT_LEFT
             if self.resolving is not None:
                 # The app may not cancel the task that holds the head (it may listen
                 # elsewhere, or not cancel): cancel the resolver here. And hand the app its
@@ -385,114 +362,117 @@ class _Responder:
         return message
 
     async def hold(self, message: Message) -> None:
-        if self.answered:
-            # The response is complete, so whatever the app still sends must not go out:
-            # reached from a shielded clean-up in the cancelled app, or from an app that
-            # caught `_Answered` and sends on.
-            await self.stop_app()
-            return
-        if self.disconnected:
-            # The client left before the head went out: nothing more goes out. As a server
-            # does: dropped below spec 2.4, OSError from spec 2.4 on.
-            if spec_at_least_2_4(self.scope):
-                raise OSError(
-                    "the client disconnected before the response head was sent "
-                    "(the app received http.disconnect); stop sending"
-                )
-            # No checkpoint, as servers drop it: an app that cancels its streaming task on
-            # the disconnect cancels it in its body iterator, which closes it.
-            return
-        if self.held is None:
-            if message["type"] == "http.response.start":
-                self.held = message
+        state = self.state
+        if state is HeadState.HOLDING:  # the message after the head: release it now
+            if self.timer is not None:
+                self.timer.cancel()
+            await self.release(message)
+        elif state is HeadState.AWAITING:
+            if message["type"] != "http.response.start":
+                # Not a response message of ours (e.g. http.response.debug before the
+                # start, or an app's protocol error, which the server reports).
+                await self.send(message)
                 return
-            # Not a response message of ours (e.g. http.response.debug before the start,
-            # or an app's protocol error, which the server reports).
-            await self.send(message)
-            return
-        await self.release(self.held, message)
-        if self.answered:
-            await self.stop_app()
+            self.held = message
+            self.state = HeadState.HOLDING
+            seconds = self.middleware.head_hold_timeout
+            if head_taken_inside(self.scope):
+                await self.release(None, by_timer=False)  # ours decided it: nothing to wait for
+            elif seconds is not None:
+                self.timer = self.lifeline.start_soon(self.release_after, seconds)
+        elif state is HeadState.RELEASING:  # the timer is sending the head: wait for it
+            if self.released is None:
+                self.released = anyio.Event()
+            await self.released.wait()
+            await self.send_holding(message)
+        elif state is HeadState.CLIENT_LEFT and spec_at_least_2_4(self.scope):
+            # Nothing more goes out. As a server does: dropped below spec 2.4, OSError from
+            # spec 2.4 on. No checkpoint, as servers drop it: an app that cancels its
+            # streaming task on the disconnect cancels it in its body iterator, closing it.
+            raise OSError(
+                "the client disconnected before the response head was sent "
+                "(the app received http.disconnect); stop sending"
+            )
+        if self.stopped_after_answer():
+            await anyio.lowlevel.checkpoint()
 
-    async def stop_app(self) -> None:
-        # The response is complete: stop the app instead of letting it stream into nothing.
-        if self.app_scope is None:
-            raise _Answered  # caught in `respond`
-        self.app_scope.cancel()
-        await anyio.lowlevel.checkpoint()
+    async def release_after(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+        if self.state is HeadState.HOLDING:
+            await self.release(None, by_timer=True)
+            self.stopped_after_answer()
 
-    async def release(self, start: Message, message: Message) -> None:
+    def stopped_after_answer(self) -> bool:
+        """Stop the app once the middleware answered: nothing it still sends goes out."""
+        if self.state is not HeadState.ANSWERED:
+            return False
+        self.lifeline.stop()
+        return True
+
+    async def release(self, message: Message | None, by_timer: bool = False) -> None:
         """Send the head with the late headers, then ``message``; or an error response."""
-        if self.middleware.resolver is None:
-            prepared: tuple[Message, bytes | None] | None = await self.head(start)
-        else:
-            prepared = None
-            try:
-                with anyio.CancelScope() as self.resolving:
-                    prepared = await self.head(start)
-            finally:
-                self.resolving = None
-                if self.resolver_left is not None:
-                    self.resolver_left.set()
-        if prepared is None or self.disconnected:
+        self.state = HeadState.RELEASING
+        prepared: Prepared | None = None
+        try:
+            if self.middleware.resolver is None:
+                prepared = await self.decide()
+            else:
+                try:
+                    with anyio.CancelScope() as self.resolving:
+                        prepared = await self.decide()
+                finally:
+                    self.resolving = None
+                    if self.resolver_left is not None:
+                        self.resolver_left.set()
+            await self.send_decided(prepared, message, by_timer)
+        finally:
+            if self.released is not None:
+                self.released.set()
+
+    async def send_decided(
+        self, prepared: Prepared | None, message: Message | None, by_timer: bool
+    ) -> None:
+        if prepared is None or self.state is HeadState.CLIENT_LEFT:
             # Cancelled by `receive_watching`, or the resolver ended without noticing (a
             # worker thread): either way no head goes out.
+            self.state = HeadState.CLIENT_LEFT
             return
-        head, error_body = prepared
-        if error_body is None:
-            self.passthrough = True
+        if prepared.error_body is not None:
+            self.state = HeadState.ANSWERED
+            await self.send(prepared.start)
+            await self.send(_last_body(bytes(prepared.error_body)))
+            return
+        self.state = HeadState.PASSING
+        if by_timer:  # no body followed the head: see whether the app completes one
+            self.body_open = True
+            self.forward_to(self.pass_on)
+        else:
             self.forward_to(self.send)
-            await self.send(head)
+        await self.send(prepared.start)
+        if message is not None:
             await self.send(message)
-            return
-        self.answered = True
-        await self.send(head)
-        await self.send(_last_body(error_body))
 
-    async def head(self, start: Message) -> tuple[Message, bytes | None]:
-        """Return the head to send and, for an error response, its body."""
-        middleware, scope, store = self.middleware, self.scope, self.store
-        try:
-            resolved = await middleware._resolver_options.run(
-                (scope,),
-                scope.get("path", ""),
-                middleware.max_header_value_size,
-                middleware.max_head_size,
-            )
-        except ResolverFailed as failure:
-            return self.error(failure.status, failure.reason, store.take())
-        # Taken only now, so that headers added while the resolver ran (by it, or by
-        # another task of the request) still go out.
-        already_in_head = store.sent
-        late = store.take()
-        exposed: list[bytes] = []
-        if middleware.expose_late_headers and _is_cors(scope):
-            # Those an inner HeaderFirstStreamingResponse's resolver sent are late too.
-            exposed = [name for name, _ in (*late, *store._resolved, *resolved)]
-        if already_in_head:
-            # A HeaderFirstStreamingResponse inside put the late headers in its own head,
-            # merged in its own order: do not merge them again.
-            late = []
-        if not late and not resolved and not exposed:
-            return start, None
-        own = [(bytes(name).lower(), bytes(value)) for name, value in start.get("headers", ())]
-        headers = merge_headers(merge_headers(own, late), resolved)
-        if exposed:
-            headers = _with_exposed(headers, exposed)
-        try:
-            check_head_size(headers, middleware.max_header_value_size, middleware.max_head_size)
-        except HeaderValidationError:
-            logger.exception("response head too large for %s", scope.get("path", ""))
-            return self.error(500, "Internal Server Error", [])
-        return {**start, "headers": headers}, None
+    async def pass_on(self, message: Message) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            self.body_open = False
+        await self.send(message)
 
-    def error(self, status: int, reason: str, late: RawHeaders) -> tuple[Message, bytes]:
-        middleware = self.middleware
-        headers, body = plain_error(reason, late)
-        try:
-            check_head_size(headers, middleware.max_header_value_size, middleware.max_head_size)
-        except HeaderValidationError:
-            logger.exception("response head too large for %s", self.scope.get("path", ""))
-            headers, body = plain_error("Internal Server Error", [])
-            status = 500
-        return {"type": "http.response.start", "status": status, "headers": headers}, body
+    async def decide(self) -> Prepared:
+        """The head to send, decided as every head of this package is (`decide_head`)."""
+        middleware, scope, held = self.middleware, self.scope, self.held
+        assert held is not None  # released only once the app sent its head
+        outcome = await middleware._resolver_options.run((scope,), scope, middleware)
+        return decide_head(
+            scope,
+            held.get("status", 200),
+            list(held.get("headers", ())),
+            outcome,
+            middleware,
+            owner=None,
+            message=held,
+            outside=self.outside,
+            expose=middleware.expose_late_headers and _is_cors(scope),
+        )
+
+
+_BEFORE_HEAD = frozenset({HeadState.AWAITING, HeadState.HOLDING, HeadState.RELEASING})

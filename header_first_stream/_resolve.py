@@ -1,14 +1,14 @@
 """Running a header resolver, shared by `HeaderFirstStreamingResponse` and the middleware.
 
 `ResolverOptions` holds a resolver with its timeout and failure policy, validated once
-when a response or the middleware is built; `ResolverOptions.run` runs it.
-`ResolverAttributes` reads the timeout and the policy back as public attributes.
+when a response or the middleware is built; `ResolverOptions.run` runs it. `Option` reads
+one of them back as a public attribute (validated again when assigned).
 
 Invariants, enforced in `ResolverOptions.run`:
 
 1. A resolver's outcome is one of three, decided here and nowhere else: its validated
-   headers; no headers (``"degrade"``, logged at WARNING); or `ResolverFailed`, which the
-   caller answers with `plain_error` (``"error"``, logged with the traceback).
+   headers; no headers (``"degrade"``, logged at WARNING); or `Failed`, which
+   `decide_head` answers with an error response (``"error"``, logged with the traceback).
 2. A cancellation of the task that awaits the resolver propagates (the client left, a
    timeout middleware, the server shutting down); a ``CancelledError`` the resolver raises
    while that task is not cancelled (it awaited a future another task cancelled) is a
@@ -17,35 +17,47 @@ Invariants, enforced in `ResolverOptions.run`:
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, overload
 
 import anyio
 
-from ._headers import (
-    check_head_size,
-    render_headers,
-)
+from ._headers import check_head_size, render_headers
+from ._lifeline import cancel_requested
 from ._types import HeaderSource, RawHeaders, ResolverErrorPolicy
-from ._watch import cancel_requested
 
-__all__ = [
-    "ResolverCancelledError",
-    "ResolverAttributes",
-    "ResolverFailed",
-    "ResolverOptions",
-]
+if TYPE_CHECKING:
+    from starlette.types import Scope
+
+    from ._head import Limits
+
+__all__ = ["Failed", "Option", "ResolverCancelledError", "ResolverOptions"]
 
 logger = logging.getLogger("header_first_stream")
 
 
-class ResolverFailed(Exception):
+class Failed(NamedTuple):
     """The resolver failed under the ``"error"`` policy: answer ``status`` instead."""
 
-    def __init__(self, status: int, reason: str) -> None:
-        self.status = status
-        self.reason = reason
+    status: int
+    reason: str
+
+
+def _plainly_sync(resolver: object) -> bool:
+    """Whether ``resolver`` is a plain (named) function that is not ``async def``.
+
+    Only what can be known before a call: a lambda, a `functools.partial` or an object may
+    return a coroutine (``lambda: limiter.headers_for(key)``); their result is checked when
+    they are called.
+    """
+    function = getattr(resolver, "__func__", resolver)  # a bound method's function
+    return (
+        inspect.isfunction(function)
+        and function.__name__ != "<lambda>"
+        and not inspect.iscoroutinefunction(function)
+    )
 
 
 class _Timeout(Exception):
@@ -97,10 +109,17 @@ class ResolverOptions(NamedTuple, Generic[R]):
             TypeError: ``resolver`` is not callable.
             ValueError: ``timeout`` or ``policy`` is out of range.
         """
+        taking = "" if takes is None else f" taking {takes}"
         if resolver is not None and not callable(resolver):
-            taking = "" if takes is None else f" taking {takes}"
             raise TypeError(
                 f"{option} must be an async callable{taking}, got {type(resolver).__name__}"
+            )
+        if _plainly_sync(resolver):
+            name = getattr(resolver, "__name__", "the resolver")
+            raise TypeError(
+                f"{option} must be an async callable{taking}: {name}() is a plain function, "
+                f"so awaiting what it returns fails on every request; declare it "
+                f"`async def {name}(...)`"
             )
         if timeout is not None and not timeout > 0:
             raise ValueError(
@@ -115,37 +134,40 @@ class ResolverOptions(NamedTuple, Generic[R]):
         options = {"resolver": self.resolver, "timeout": self.timeout, "policy": self.policy}
         return self.checked(option=self.option, takes=self.takes, **{**options, **changes})
 
-    async def run(
-        self, args: tuple[Any, ...], path: str, max_value: int, max_head: int
-    ) -> RawHeaders:
+    async def run(self, args: tuple[Any, ...], scope: Scope, limits: Limits) -> RawHeaders | Failed:
         """Await the resolver called with ``args``; return its validated headers.
 
-        Without a resolver, no headers. ``path`` names the request in the log.
-
-        Raises:
-            ResolverFailed: It raised (a ``CancelledError`` too, when this task was not
-                cancelled), timed out, or returned an invalid, refused or oversized header
-                (over ``max_value`` bytes, or all of them over ``max_head``), and the policy
-                is ``"error"`` (500, or 504 on timeout).
+        Without a resolver, no headers. ``scope``'s path names the request in the log;
+        ``limits`` (the caller's ``max_header_value_size`` and ``max_head_size``) cap the
+        headers. `Failed`
+        when it raised (a ``CancelledError`` too, when this task was not cancelled), timed
+        out, or returned an invalid, refused or oversized header (over ``max_value``
+        cap), and the policy is ``"error"`` (500, or 504 on timeout).
         """
         resolver = self.resolver
         if resolver is None:
             return []
-        seconds = self.timeout
+        seconds, path = self.timeout, scope.get("path", "")
         try:
+            call = resolver(*args)
+            if not inspect.isawaitable(call):
+                raise TypeError(
+                    f"{self.option} returned {type(call).__name__}, not an awaitable: "
+                    "declare it `async def`"
+                )
             if seconds is None:
                 try:
-                    source = await resolver(*args)
+                    source = await call
                 except anyio.get_cancelled_exc_class() as exc:
                     if cancel_requested():
                         raise
                     raise _stray() from exc
             else:
-                source = await _call_in_scope(resolver(*args), seconds)
+                source = await _call_in_scope(call, seconds)
             # Validates, and refuses framing, connection-specific and server-owned headers.
             headers = render_headers(source)
             if headers:
-                check_head_size(headers, max_value, max_head)
+                check_head_size(headers, limits.max_header_value_size, limits.max_head_size)
             return headers
         except _Timeout:
             if self.policy == "degrade":
@@ -157,7 +179,7 @@ class ResolverOptions(NamedTuple, Generic[R]):
                 )
                 return []
             logger.error("header resolver timed out after %ss for %s", seconds, path)
-            raise ResolverFailed(504, "Gateway Timeout") from None
+            return Failed(504, "Gateway Timeout")
         except Exception:
             if self.policy == "degrade":
                 logger.warning(
@@ -167,35 +189,31 @@ class ResolverOptions(NamedTuple, Generic[R]):
                 )
                 return []
             logger.exception("header resolver failed for %s", path)
-            raise ResolverFailed(500, "Internal Server Error") from None
+            return Failed(500, "Internal Server Error")
 
 
-class ResolverAttributes:
-    """Base of the classes that run a resolver: its timeout and policy, as attributes.
+class Option:
+    """A resolver option read back as a public attribute, validated when assigned.
 
-    Assigning one validates it again, with the constructor's errors.
-
-    Each class sets ``_resolver_options`` in ``__init__`` and names the resolver itself
-    (``header_resolver`` on the responses, ``resolver`` on the middleware).
+    ``field``: the `ResolverOptions` field it names. The owner keeps its options in
+    ``_resolver_options``.
     """
 
-    _resolver_options: ResolverOptions[Any]
+    def __init__(self, field: str) -> None:
+        self.field = field
 
-    @property
-    def resolver_timeout(self) -> float | None:
-        return self._resolver_options.timeout
+    @overload
+    def __get__(self, instance: None, owner: type) -> Option: ...
+    @overload
+    def __get__(self, instance: object, owner: type) -> Any: ...
+    def __get__(self, instance: object, owner: type) -> Any:
+        if instance is None:
+            return self
+        return getattr(instance._resolver_options, self.field)  # type: ignore[attr-defined]
 
-    @resolver_timeout.setter
-    def resolver_timeout(self, value: float | None) -> None:
-        self._resolver_options = self._resolver_options.replaced(timeout=value)
-
-    @property
-    def on_resolver_error(self) -> ResolverErrorPolicy:
-        return self._resolver_options.policy
-
-    @on_resolver_error.setter
-    def on_resolver_error(self, value: ResolverErrorPolicy) -> None:
-        self._resolver_options = self._resolver_options.replaced(policy=value)
+    def __set__(self, instance: object, value: Any) -> None:
+        options: ResolverOptions[Any] = instance._resolver_options  # type: ignore[attr-defined]
+        instance._resolver_options = options.replaced(**{self.field: value})  # type: ignore[attr-defined]
 
 
 async def _call_in_scope(call: Awaitable[HeaderSource], seconds: float) -> HeaderSource:

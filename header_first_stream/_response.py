@@ -1,121 +1,86 @@
 """`HeaderFirstStreamingResponse`: Starlette's `StreamingResponse`, with its head held back
 until the late headers are known.
 
-Invariants, enforced in `__call__`, `_respond` and `_prepare` below:
+One path for every request: plan (how long the client is listened to) -> decide the head
+(`_head.decide_head`, after the peek and the resolver) -> send the head -> send the body ->
+close the body. The work beside it (the listener, the server-exit watch, a subclass's
+tasks) belongs to the request's `Lifeline` (`_lifeline.py`), which waits for all of it.
+
+Invariants, enforced in `__call__` and `_respond` below:
 
 1. ``http.response.start`` is sent exactly once, and only after the header resolver
    returned (or failed, in which case the head is that of an error response: a failed
    resolver never leads to a ``200``).
 2. Nothing of the body is pulled from the iterator before the resolver returned, except
    the first chunk when ``peek_first_chunk=True`` asked for it.
-3. Every header sent was validated after its last change: no CR, LF or other control
-   character reaches the server, whatever the server itself checks.
+3. Every head is decided by `decide_head`, whichever path sends it: the same validation,
+   size caps, merge order and late headers everywhere.
 4. The body iterator is closed when the response ends for any reason: finished, raised,
    client disconnected, cancelled, HEAD, or an error response sent instead.
-5. One task prepares the head, pulls every chunk and closes the iterator: the request's
-   own, while the listener runs beside it (`_watch.py`), so a generator that holds a
-   context variable across its yields (a tracing span) sees one task and one context from
-   its first chunk to its ``finally``; one that holds a cancel scope (a deadline) works
-   when it runs to its end, but, as anyio and trio document for async generators, not
-   when it is closed early.
-6. One signal says "stop": the watch's (`Watch.stop`, or `Stopped` from `first_of`), given
-   by the disconnect listener (the client left) or the server-exit watcher; a
+5. One task decides the head, pulls every chunk and closes the iterator: the request's
+   own, so a generator that holds a context variable across its yields (a tracing span)
+   sees one task and one context from its first chunk to its ``finally``.
+6. One signal says "stop": the lifeline's (`Lifeline.stop`, or `Stopped` from
+   `first_of`), given by the listener (the client left) or the server-exit watch; a
    cancellation from outside propagates. No head is sent once it was given, even if the
    resolver ended without noticing.
 7. No message object and no headers list this class sends is shared with another
    response: any middleware may change what it is given.
 
-Divergences from `starlette.responses.StreamingResponse` (each pinned by a parity test):
+How long the client is listened to (`Listen`), chosen once per request: to the end below
+ASGI spec 2.4 (as Starlette) or for work that lasts the stream (``end_on_shutdown``, the SSE
+class's pings and tasks); until the head is out at 2.4 when the body is entered before it (a
+peek, an overridden `stream_response`); only while a resolver waits at 2.4 (`first_of`: one
+that returns at once starts nothing); never for a websocket denial or when nothing waits.
 
-- HEAD: the resolver runs and the head is sent, but the body is never iterated (an
-  endless stream would otherwise hang a HEAD request); the iterator is closed. A scope's
-  method is compared case-insensitively, as sse-starlette does.
-- The body iterator is closed (``aclose()``/``close()``) on every exit; Starlette leaves an
-  abandoned generator to the garbage collector.
-- Headers are validated before sending; an invalid one gives a 500, never a split head.
-  Its own ``transfer-encoding``, or a ``content-length`` that is not one number, is
-  invalid (the server frames the stream; one decimal ``content-length`` for a body of
-  known size is kept, as in Starlette), and so is a head over ``max_head_size`` or a value
-  over ``max_header_value_size`` (see ``docs/headers.md``).
-- While the head is held back, a disconnect is watched for on both ASGI paths (Starlette
-  watches only below spec 2.4), so that a client that left cancels the resolver.
-- A disconnect (or the server's exit) seen while the final body message is being sent
-  cancels it only if it is still stalled `FINAL_SEND_GRACE` seconds later: a server that
-  closes the connection inside it (hypercorn's trio worker, on ``Connection: close``) is
-  not cut off half-way, which with Starlette's class leaves the connection open.
-- Background tasks also run after the error responses this class sends itself.
-
-The paths, chosen once per request in `__call__`: a websocket denial (no listener); the
-listener to the end (spec below 2.4, or work that lasts the stream: `end_on_shutdown`, a
-subclass's tasks); the listener until the head is out (spec 2.4, a peek or an overridden
-`stream_response`: the body is entered before the head); the client watched only while a
-resolver runs (spec 2.4); nothing to wait for. All of them are `_respond`, and the first
-three run it inside one `run_watched`.
-
-Hooks for subclasses within this package (`HeaderFirstEventSourceResponse` uses them;
-Starlette's public extension points are in the class docstring; the listener's three are
-defined in `_listening.py`, the body's closing in `_body.py`):
-
-- `_send_body(send, first_chunk)`: send the body after the head (encode, interleave);
-- `_encode_first(chunk)`: encode the peeked first chunk as `_send_body` encodes the rest;
-- `_wait_for_disconnect(receive, until)`: the listener's wait, with work of its own
-  (pings) in the same cancel scope;
-- `_listens_to_the_end()` and `_start_tasks(watch)`: tasks that run beside the whole
-  response, on every spec version.
+Hooks for the SSE class (Starlette's public extension points are in the class docstring):
+`_send_body(send, first_chunk)` sends the body after the head; `_encode_first(chunk)`
+encodes a peeked chunk as `_send_body` does; `_wait_for_disconnect(receive, until)` is the
+listener's wait; `_listens_to_the_end()` and `_start_tasks(lifeline)` add work beside the
+whole response.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping
+import enum
+import math
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import suppress
 from typing import Any
 
 import anyio
 import anyio.lowlevel
-import anyio.to_thread
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from ._body import ClosingBody
-from ._errors import early_error_response
-from ._headers import (
-    DEFAULT_MAX_HEAD_SIZE,
-    DEFAULT_MAX_HEADER_VALUE_SIZE,
-    HeaderValidationError,
-    check_head_size,
-    merge_headers,
-    validate_own_headers,
-)
-from ._late import take_late_headers
-from ._listening import Listening
-from ._own_stream import Answered, HeadFirstSend
-from ._prepared import Prepared, error_head, start_message
-from ._resolve import (
-    ResolverAttributes,
-    ResolverFailed,
-    ResolverOptions,
-)
+from ._body import close_body, must_close
+from ._head import check_response_options, decide_head, decide_response_head
+from ._headers import DEFAULT_MAX_HEAD_SIZE, DEFAULT_MAX_HEADER_VALUE_SIZE
+from ._lifeline import Lifeline, Side
+from ._listen import listen, on_server_exit, wait_for_disconnect
+from ._resolve import Option, ResolverOptions
 from ._scope import is_head, spec_at_least_2_4
-from ._shutdown import (
-    check_shutdown_options,
-    unwatched,
-)
+from ._shutdown import check_shutdown_options, unwatched, watch_server_exit
 from ._types import (
     BYTES_TYPES,
     ChunkHeaderResolver,
     EarlyErrorHandler,
     HeaderResolver,
-    RawHeaders,
     ResolverErrorPolicy,
 )
-from ._watch import Stopped, Watch, first_of, run_watched
 
 __all__ = ["HeaderFirstStreamingResponse"]
 
-logger = logging.getLogger("header_first_stream")
+
+class Listen(enum.Enum):
+    """How long a response listens for the client leaving."""
+
+    NEVER = "never"
+    WHILE_RESOLVING = "while the resolver waits"
+    UNTIL_HEAD = "until the head is out"
+    TO_THE_END = "to the end"
 
 
 def _deny_websocket(send: Send) -> Send:
@@ -129,31 +94,25 @@ def _deny_websocket(send: Send) -> Send:
     return wrapped
 
 
-class HeaderFirstStreamingResponse(ClosingBody, Listening, StreamingResponse, ResolverAttributes):
+class _Answered(Exception):
+    """A subclass's `stream_response` is stopped: an error response was sent instead."""
+
+
+class HeaderFirstStreamingResponse(StreamingResponse):
     """A `StreamingResponse` that sends its head only once its late headers are known.
 
     A drop-in replacement for `starlette.responses.StreamingResponse` (same positional
     arguments); the options below are keyword-only. Without any of them it behaves like
-    Starlette's, except for the divergences in this module's docstring.
+    Starlette's, except for the divergences listed in
+    ``docs/differences.md``.
 
     Headers are merged in this order, a later source replacing every header of the same
-    name from an earlier one: the response's own headers, the request's `late_headers`,
-    then the resolver's. A resolver may set ``content-type`` (for the stream: an error
-    response sent instead keeps its own); it may not set framing (``content-length``,
-    ``transfer-encoding``), connection-specific or server-owned fields
-    (``REFUSED_LATE_HEADERS``, listed in ``docs/headers.md``), which is an invalid-header
-    failure.
-
-    Subclasses: Starlette's extension points work as in Starlette.
-
-    - ``stream_response(send)``: override it to frame the body yourself. The head it sends
-      is held back and merged with the late headers, validated and, if the resolver fails,
-      replaced by the error response (the override is then stopped). It cannot be combined
-      with ``peek_first_chunk`` (the override pulls the body itself): a `TypeError` at
-      construction. HEAD is then the override's to answer.
-    - ``listen_for_disconnect(receive)``: the disconnect listener's wait, on every path
-      where this class listens.
-    - ``init_headers``, ``set_cookie``, ``delete_cookie``, ``headers``: as in Starlette.
+    name: the response's own, the request's `late_headers`, then the resolver's (which may
+    set ``content-type``, but not the fields ``docs/headers.md`` lists as refused).
+    Starlette's extension points work as in Starlette: an overridden ``stream_response``
+    gets a ``send`` whose head is decided as this class decides its own (not with
+    ``peek_first_chunk``: a `TypeError`), and ``listen_for_disconnect`` is the listener's
+    wait wherever this class listens (``docs/behaviours.md``).
 
     Args:
         content: An async iterable, or a sync iterable (iterated in a thread), of
@@ -198,20 +157,40 @@ class HeaderFirstStreamingResponse(ClosingBody, Listening, StreamingResponse, Re
             subclass that overrides ``stream_response`` asks for ``peek_first_chunk``.
     """
 
-    # Set per subclass: whether it frames the body in its own `stream_response`.
-    _own_stream_response = False
+    max_header_value_size: int = DEFAULT_MAX_HEADER_VALUE_SIZE
+    """Bytes one header value may hold; a longer one is an invalid header."""
+
+    max_head_size: int = DEFAULT_MAX_HEAD_SIZE
+    """Bytes the headers of the head may hold, counted as ``name: value\\r\\n`` each."""
+
+    cleanup_timeout: float | None = 30.0
+    """Seconds closing the body iterator may take before it is abandoned (logged)."""
+
+    # Options, as given to the constructor: the defaults here, set per request only when
+    # they differ. Each resolver option reads back from `_resolver_options`.
+    header_resolver = Option("resolver")
+    resolver_timeout = Option("timeout")
+    on_resolver_error = Option("policy")
+    peek_first_chunk = False
+    early_error_handler: EarlyErrorHandler | None = None
+    end_on_shutdown = False
+    shutdown_event: anyio.Event | None = None
+    shutdown_grace_period: float = 0
+
+    # Per-request state, class-level defaults until it changes. The iterator the peek and
+    # the loop share is created on first use: an app may replace `body_iterator` until then.
+    _sync_content: object = None  # a sync iterable Starlette wrapped, to close it too
+    _iterating: AsyncIterator[Any] | None = None
+    _exhausted = False  # the iterator ended by itself
+    _ending = False  # the final body message is being sent: the listener must not cut it
+    _polls_later = False  # it watches the server's exit (the listener starts the polling)
+    _own_stream_response = False  # per subclass: it frames the body in `stream_response`
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._own_stream_response = (
             cls.stream_response is not HeaderFirstStreamingResponse.stream_response
         )
-
-    max_header_value_size: int = DEFAULT_MAX_HEADER_VALUE_SIZE
-    """Bytes one header value may hold; a longer one is an invalid header."""
-
-    max_head_size: int = DEFAULT_MAX_HEAD_SIZE
-    """Bytes the headers of the head may hold, counted as ``name: value\\r\\n`` each."""
 
     def __init__(
         self,
@@ -236,30 +215,12 @@ class HeaderFirstStreamingResponse(ClosingBody, Listening, StreamingResponse, Re
             timeout=resolver_timeout,
             policy=on_resolver_error,
         )
-        if early_error_handler is not None and not callable(early_error_handler):
-            raise TypeError(
-                "early_error_handler must be a callable taking the exception, "
-                f"got {type(early_error_handler).__name__}"
-            )
-        if early_error_handler is not None and not peek_first_chunk:
-            raise ValueError(
-                "early_error_handler needs peek_first_chunk=True: without the peek, the head "
-                "is sent before the first chunk, so there is no early error to answer"
-            )
-        if peek_first_chunk and self._own_stream_response:
-            raise TypeError(
-                f"{type(self).__name__} overrides stream_response(), which pulls the body "
-                "itself, so peek_first_chunk=True cannot be honoured; peek in your "
-                "stream_response, or do not override it"
-            )
+        check_response_options(self, peek_first_chunk, early_error_handler)
         if end_on_shutdown or shutdown_event is not None or shutdown_grace_period != 0:
             check_shutdown_options(end_on_shutdown, shutdown_event, shutdown_grace_period)
         super().__init__(content, status_code, headers, media_type, background)
-        # Starlette wraps a sync iterable in a thread-pool async generator; closing that
-        # wrapper does not close the iterable itself, so keep it to close it too.
-        if self.body_iterator is not content:
+        if self.body_iterator is not content:  # Starlette wrapped a sync iterable
             self._sync_content = content
-        # The options' defaults are class attributes: only what differs is set (per request).
         if peek_first_chunk:
             self.peek_first_chunk = peek_first_chunk
         if early_error_handler is not None:
@@ -269,96 +230,57 @@ class HeaderFirstStreamingResponse(ClosingBody, Listening, StreamingResponse, Re
             self.shutdown_event = shutdown_event
             self.shutdown_grace_period = shutdown_grace_period
 
-    # Options, as given to the constructor (the defaults here; the shutdown options'
-    # are in `Listening`).
-    peek_first_chunk = False
-    early_error_handler: EarlyErrorHandler | None = None
-
-    # -- orchestration -------------------------------------------------------------------
+    _resolver_options: ResolverOptions[HeaderResolver | ChunkHeaderResolver]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Every path is `_respond`, which closes the body however it ends (invariant 4).
-        if scope["type"] == "websocket":
-            await self._respond(scope, _deny_websocket(send))
-        elif not spec_at_least_2_4(scope):
-            await self._respond_beside_listener(scope, receive, send, until_head=False)
-        else:
-            # From spec 2.4 a disconnect shows as OSError from send(); a listener is
-            # needed only while the head waits, or for work that lasts the stream.
-            try:
-                if self._listens_to_the_end():
-                    await self._respond_beside_listener(scope, receive, send, until_head=False)
-                elif self.peek_first_chunk or self._own_stream_response:
-                    # The body is entered before the head: it is also streamed and closed
-                    # inside the watch (a generator that holds a cancel scope across its
-                    # yields needs that, on trio).
-                    await self._respond_beside_listener(scope, receive, send, until_head=True)
-                elif self.header_resolver is not None:
-                    # Listened to only while the head is held back, and only if the
-                    # resolver waits at all (one that returns at once starts nothing).
-                    await self._respond(scope, send, receive=receive)
-                else:
-                    await self._respond(scope, send)  # nothing to wait for
-            except OSError as exc:
-                raise ClientDisconnect() from exc
+        listening = self._listening(scope)
+        try:
+            if listening is Listen.NEVER or listening is Listen.WHILE_RESOLVING:
+                await self._respond(None, scope, receive, send, listening)
+            else:
+                await Lifeline().run(self._respond, scope, receive, send, listening)
+        except OSError as exc:
+            if not spec_at_least_2_4(scope):
+                raise
+            # From spec 2.4 a client that left shows as OSError from send().
+            raise ClientDisconnect() from exc
         if self.background is not None:
             await self.background()
 
-    async def _respond_beside_listener(
-        self, scope: Scope, receive: Receive, send: Send, *, until_head: bool
-    ) -> None:
-        # As Starlette's listening path, but the response runs in this task and the
-        # listener beside it: the client leaving stops the watch (invariant 6). With
-        # `until_head` the listening stops once the head went out.
-        await run_watched(self._respond_watched, scope, receive, send, until_head)
-
-    async def _respond_watched(
-        self, watch: Watch, scope: Scope, receive: Receive, send: Send, until_head: bool
-    ) -> None:
-        listening = anyio.CancelScope() if until_head else None
-        # HEAD sends no body, so nothing runs beside it.
-        stop = unwatched if is_head(scope) else self._start_tasks(watch)
-        try:
-            watch.start_soon(self._listen, receive, watch, listening)
-            await self._respond(scope, send, listening)
-        finally:
-            stop()
+    def _listening(self, scope: Scope) -> Listen:
+        if scope["type"] == "websocket":
+            return Listen.NEVER
+        if not spec_at_least_2_4(scope) or self._listens_to_the_end():
+            return Listen.TO_THE_END
+        if self.peek_first_chunk or self._own_stream_response:
+            return Listen.UNTIL_HEAD  # the body is entered before the head
+        if self._resolver_options.resolver is not None:
+            return Listen.WHILE_RESOLVING
+        return Listen.NEVER
 
     async def _respond(
-        self,
-        scope: Scope,
-        send: Send,
-        listening: anyio.CancelScope | None = None,
-        receive: Receive | None = None,
+        self, lifeline: Lifeline | None, scope: Scope, receive: Receive, send: Send, how: Listen
     ) -> None:
-        """Decide the head, send it and the body, then close the body, in this task.
-
-        ``listening``: the listener's scope, to cancel once the head is out (``None``: the
-        listener, if any, listens to the end). ``receive``: no listener runs; watch the
-        client (`first_of`) while the resolver runs.
-        """
+        """Decide the head, send it and the body, then close the body, in this task."""
+        if scope["type"] == "websocket":
+            send = _deny_websocket(send)
+        listener: Side | None = None
+        stop_tasks: Callable[[], None] = unwatched
         try:
+            if lifeline is not None:
+                if not is_head(scope):  # HEAD sends no body, so nothing runs beside it
+                    stop_tasks = self._start_tasks(lifeline)
+                listener = lifeline.start_soon(listen, self, receive, lifeline)
             if self._own_stream_response:
-                with suppress(Answered):
-                    await self.stream_response(HeadFirstSend(self, scope, send, listening))
+                with suppress(_Answered):
+                    await self.stream_response(_HeldHeadSend(self, scope, send, listener))
                 return
-            if receive is not None:
-                try:
-                    prepared = await first_of(
-                        self._prepare(scope), self._wait_for_disconnect, receive
-                    )
-                except Stopped:
-                    return  # the client left while the head was held back: send nothing
-            elif self.peek_first_chunk or self._resolver_options.resolver is not None:
-                prepared = await self._prepare(scope)
-                # The client left, or the request was cancelled, while the head was held
-                # back: send nothing, even if the resolver ended without noticing (a
-                # shielded scope, a worker thread). Raises only then.
-                await anyio.lowlevel.checkpoint_if_cancelled()
-            else:
-                prepared = self._head(scope, [])  # nothing to wait for
-            if listening is not None:
-                listening.cancel()
+            watch = receive if how is Listen.WHILE_RESOLVING else None
+            prepared = await decide_response_head(self, scope, watch)
+            if prepared is None:
+                return  # the client left while the head was held back: send nothing
+            if how is Listen.UNTIL_HEAD and listener is not None:
+                listener.cancel()
             await send(prepared.start)
             if prepared.error_body is not None:
                 await self._send_last(send, prepared.error_body)
@@ -367,127 +289,47 @@ class HeaderFirstStreamingResponse(ClosingBody, Listening, StreamingResponse, Re
             else:
                 await self._send_body(send, prepared.first_chunk)
         finally:
-            if self._must_close():  # inside the watch that iterated it, in its context
-                await self._close_body()  # the one place the body is closed
+            stop_tasks()
+            if must_close(self._iterating, self._exhausted, self._sync_content):
+                await close_body(
+                    self._iterating or self.body_iterator, self._sync_content, self.cleanup_timeout
+                )
 
-    # -- the head ------------------------------------------------------------------------
+    # -- beside the response ---------------------------------------------------------------
 
-    async def _prepare(self, scope: Scope) -> Prepared:
-        """Decide the head: run the peek and the resolver; send nothing."""
-        if self.peek_first_chunk and not is_head(scope):
-            return self._checked(scope, await self._decide_after_peek(scope))
-        resolved: RawHeaders = []
-        if self._resolver_options.resolver is not None:  # the common path, inline
-            try:
-                # A resolver for the peek gets no chunk on HEAD, whose body is never read.
-                resolved = await self._resolve(scope, (None,) if self.peek_first_chunk else ())
-            except ResolverFailed as failure:
-                return self._checked(scope, self._failed(scope, failure))
-        return self._head(scope, resolved)
+    def _listens_to_the_end(self) -> bool:
+        """Whether work lasts the whole response on every spec version (subclasses add)."""
+        return self.end_on_shutdown
 
-    def _head(self, scope: Scope, resolved: RawHeaders) -> Prepared:
-        """The head of the stream, with the late headers (taken only now: a resolver may
-        itself add request-scoped headers) and the resolver's."""
-        late = take_late_headers(scope, resolved)
-        return self._checked(
-            scope, self._merged_head(scope, self.status_code, self.raw_headers, late, resolved)
-        )
+    def _start_tasks(self, lifeline: Lifeline) -> Callable[[], None]:
+        """Start what runs beside the body; return the call that stops it."""
+        if not self.end_on_shutdown:
+            return unwatched
+        self._polls_later = True
+        return watch_server_exit(lifeline, lambda: on_server_exit(self, lifeline))
 
-    def _failed(self, scope: Scope, failure: ResolverFailed) -> Prepared:
-        return error_head(failure.status, failure.reason, take_late_headers(scope))
-
-    def _checked(self, scope: Scope, prepared: Prepared) -> Prepared:
-        try:  # once per head, whichever head was decided
-            check_head_size(
-                prepared.start["headers"], self.max_header_value_size, self.max_head_size
-            )
-        except HeaderValidationError:
-            logger.exception("response head too large for %s", scope.get("path", ""))
-            # The late headers or the app's own made it so: an error without either.
-            return error_head(500, "Internal Server Error", [])
-        return prepared
-
-    async def _decide_after_peek(self, scope: Scope) -> Prepared:
-        first_chunk: bytes | memoryview | None = None
-        first_item: Any = None  # the first chunk as the iterator gave it, for the resolver
-        body_ended = False
-        early_error: Exception | None = None
-        try:
-            first_item = await anext(self._body())
-            # Encoded now: a chunk that cannot be sent is an early error, not a 200.
-            first_chunk = self._encode_first(first_item)
-        except StopAsyncIteration:
-            body_ended = self._exhausted = True
-        except Exception as exc:
-            early_error = exc
-            first_item = None  # the resolver sees no chunk of a failed body
-        resolved: RawHeaders = []
-        if self._resolver_options.resolver is not None:
-            try:
-                resolved = await self._resolve(scope, (first_item,))
-            except ResolverFailed as failure:
-                return self._failed(scope, failure)
-        late = take_late_headers(scope, resolved)
-        if early_error is not None:
-            return self._early_error(scope, early_error, merge_headers(late, resolved))
-        head = self._merged_head(scope, self.status_code, self.raw_headers, late, resolved)
-        return Prepared(head.start, first_chunk, body_ended, head.error_body)
-
-    def _merged_head(
-        self,
-        scope: Scope,
-        status: int,
-        own: RawHeaders,
-        late: RawHeaders,
-        resolved: RawHeaders,
-    ) -> Prepared:
-        try:
-            validate_own_headers(own, type(self).__name__)
-        except HeaderValidationError:
-            logger.exception("invalid response header for %s", scope.get("path", ""))
-            return error_head(500, "Internal Server Error", late)
-        # A list of its own: the response's `raw_headers` stays the response's.
-        headers = merge_headers(merge_headers(list(own), late), resolved)
-        return Prepared(start_message(status, headers))
-
-    _resolver_options: ResolverOptions[HeaderResolver | ChunkHeaderResolver]
-
-    @property
-    def header_resolver(self) -> HeaderResolver | ChunkHeaderResolver | None:
-        return self._resolver_options.resolver
-
-    @header_resolver.setter
-    def header_resolver(self, value: HeaderResolver | ChunkHeaderResolver | None) -> None:
-        self._resolver_options = self._resolver_options.replaced(resolver=value)
-
-    async def _resolve(self, scope: Scope, args: tuple[Any, ...]) -> RawHeaders:
-        # ``args``: the peeked first chunk with `peek_first_chunk`, else nothing.
-        return await self._resolver_options.run(
-            args, scope.get("path", ""), self.max_header_value_size, self.max_head_size
-        )
-
-    def _early_error(self, scope: Scope, exc: Exception, late: RawHeaders) -> Prepared:
-        status, headers, body = early_error_response(
-            self.early_error_handler, exc, late, scope.get("path", "")
-        )
-        return Prepared(start_message(status, headers), error_body=body)
+    async def _wait_for_disconnect(self, receive: Receive, until: float = math.inf) -> bool:
+        """The listener's wait: ``True`` once the client left, ``False`` at ``until``."""
+        return await wait_for_disconnect(self.listen_for_disconnect, receive, until)
 
     # -- the body ------------------------------------------------------------------------
 
+    def _body(self) -> AsyncIterator[Any]:
+        """The body iterator, started once and shared by the peek and the loop."""
+        if self._iterating is None:
+            self._iterating = aiter(self.body_iterator)
+        return self._iterating
+
     async def _send_last(self, send: Send, body: bytes | memoryview) -> None:
-        """Send the final body message, which a disconnect listener must not cut short."""
+        """Send the final body message, which the listener must not cut short."""
         # A server may close the connection inside the last send() (hypercorn does, on
         # `Connection: close`); the listener then sees http.disconnect and must not cancel
-        # that very send half-way, leaving the socket open. It checks this flag: cheaper
-        # than a shielded cancel scope per response.
+        # that very send half-way, leaving the socket open.
         self._ending = True
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _send_body(self, send: Send, first_chunk: bytes | memoryview | None) -> None:
-        """Send the body after the head: the peeked chunk (if any), the rest, the end.
-
-        The hook a subclass overrides to encode or interleave the body differently.
-        """
+        """Send the body after the head: the peeked chunk (if any), the rest, the end."""
         if first_chunk is not None:
             await send({"type": "http.response.body", "body": first_chunk, "more_body": True})
         # The per-chunk loop: keep it as lean as Starlette's own.
@@ -505,3 +347,55 @@ class HeaderFirstStreamingResponse(ClosingBody, Listening, StreamingResponse, Re
         if isinstance(chunk, BYTES_TYPES):
             return chunk
         return chunk.encode(self.charset)  # type: ignore[no-any-return]
+
+
+class _HeldHeadSend:
+    """The ``send`` an overridden `stream_response` gets: its head is decided as ours is.
+
+    The first ``http.response.start`` is held while the resolver runs, then decided by
+    `decide_head` (merged, validated, or replaced by an error response, which stops the
+    override with `_Answered`).
+    """
+
+    __slots__ = ("_head_sent", "_listener", "_response", "_scope", "_send")
+
+    def __init__(
+        self,
+        response: HeaderFirstStreamingResponse,
+        scope: Scope,
+        send: Send,
+        listener: Side | None,
+    ) -> None:
+        self._response = response
+        self._scope = scope
+        self._send = send
+        self._listener = listener  # cancelled once the head is out
+        self._head_sent = False
+
+    async def __call__(self, message: Message) -> None:
+        response = self._response
+        if self._head_sent or message["type"] != "http.response.start":
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                response._ending = True
+            await self._send(message)
+            return
+        outcome = await response._resolver_options.run((), self._scope, response)
+        own = [(bytes(name), bytes(value)) for name, value in message.get("headers", ())]
+        status = message.get("status", response.status_code)
+        prepared = decide_head(
+            self._scope,
+            status,
+            own,
+            outcome,
+            response,
+            owner=type(response).__name__,
+            message=message,
+        )
+        await anyio.lowlevel.checkpoint_if_cancelled()  # invariant 6
+        if self._listener is not None:
+            self._listener.cancel()
+        self._head_sent = True
+        await self._send(prepared.start)
+        if prepared.error_body is not None:
+            await response._send_last(self._send, prepared.error_body)
+            raise _Answered

@@ -8,10 +8,14 @@ Invariants:
 
 1. Nothing is process-global or patched: the waiting state lives in an anyio `RunVar`, one
    per event loop, and the sources below are only read.
-2. However many streams watch, one task per event loop polls (every `POLL_INTERVAL`
-   seconds), started beside a watching stream (its `Watch`); a stream adds no task of its
-   own, only a callback. When the polling task's stream ends, the polling moves to the
-   watch of a stream still watching.
+2. However many streams watch, at most one task per event loop polls the server's flags
+   (every `POLL_INTERVAL` seconds), a side task of a watching stream's `Lifeline`; a
+   stream adds no task of its own, only a callback. When the polling task's stream ends,
+   the polling moves to a stream still watching.
+3. No notice is lost: `begin_shutdown()` tells every watching stream at once, without the
+   polling task; and the marker "a task polls" is the polling task's own `Side`, set when
+   it is created with `Lifeline.start` (which always runs it) and cleared in its
+   ``finally``, so it cannot go stale however the streams end.
 
 Sources of "the server is exiting", any of which ends the wait:
 
@@ -33,7 +37,7 @@ from collections.abc import Callable, Iterable
 import anyio
 from anyio.lowlevel import RunVar
 
-from ._watch import Watch
+from ._lifeline import Lifeline, Side
 
 __all__ = [
     "POLL_INTERVAL",
@@ -57,33 +61,36 @@ class _Watchers:
     def __init__(self) -> None:
         self.exiting = False  # begin_shutdown() was called in this event loop
         self.noticed = False  # the exit was noticed and every stream told
-        self.polling: anyio.CancelScope | None = None  # the polling task's sleep
-        # Each watching stream's callback, and the watch the polling may run beside.
-        self.watching: dict[Callable[[], None], Watch] = {}
+        self.polling: Side | None = None  # the polling task, while it exists
+        # Each watching stream's callback, and the lifeline the polling may run beside.
+        self.watching: dict[Callable[[], None], Lifeline] = {}
 
-    def start_polling(self, candidates: Iterable[Watch]) -> None:
-        # Beside a watch that is not being stopped: a task started there would end at once
-        # and hand the polling straight back.
-        for watch in candidates:
-            if not watch.stopped:
-                self.polling = anyio.CancelScope()
-                watch.start_soon(self._poll, self.polling)
+    def notice(self) -> None:
+        """The server exits: tell every watching stream, once."""
+        self.noticed = True
+        watching, self.watching = self.watching, {}
+        for on_exit in watching:
+            on_exit()
+
+    def start_polling(self, candidates: Iterable[Lifeline]) -> None:
+        # Beside a lifeline that is not being stopped: a task started there would end at
+        # once and hand the polling straight on.
+        for lifeline in candidates:
+            if not lifeline.stopped:
+                self.polling = lifeline.start(self._poll)
                 return
 
-    async def _poll(self, polling: anyio.CancelScope) -> None:
+    async def _poll(self) -> None:
         try:
-            with polling:
-                while not _server_exiting(self):  # noqa: ASYNC110 - no signal to wait on
-                    await anyio.sleep(POLL_INTERVAL)
-        finally:  # also when this stream's watch ends and cancels the polling
+            while not _server_exiting(self):  # noqa: ASYNC110 - no signal to wait on
+                await anyio.sleep(POLL_INTERVAL)
+        finally:  # also when this stream's lifeline ends and cancels the polling
             self.polling = None
-            if _server_exiting(self):
-                self.noticed = True
-                watching, self.watching = self.watching, {}
-                for on_exit in watching:
-                    on_exit()
-            else:  # a stream still watching polls from now on
-                self.start_polling(self.watching.values())
+            if not self.noticed:
+                if _server_exiting(self):
+                    self.notice()
+                else:  # a stream still watching polls from now on
+                    self.start_polling(self.watching.values())
 
 
 _WATCHERS: RunVar[_Watchers | None] = RunVar("header_first_stream.shutdown", default=None)
@@ -124,17 +131,17 @@ def begin_shutdown() -> None:
     """
     watchers = _watchers()
     watchers.exiting = True
+    if not watchers.noticed:
+        watchers.notice()
     if watchers.polling is not None:
-        watchers.polling.cancel()  # the polling task notices at once
-    else:
-        watchers.start_polling(watchers.watching.values())
+        watchers.polling.cancel()  # nothing left to poll for
 
 
-def watch_server_exit(watch: Watch, on_exit: Callable[[], None]) -> Callable[[], None]:
+def watch_server_exit(lifeline: Lifeline, on_exit: Callable[[], None]) -> Callable[[], None]:
     """Call ``on_exit`` once the server exits; return the call that stops watching.
 
-    ``watch`` is the watching stream's `Watch`, beside which the polling task may run; stop
-    watching before that watch ends. Costs no task per stream (invariant 2), and starts
+    ``lifeline`` is the watching stream's, beside which the polling task may run; stop
+    watching before that lifeline ends. Costs no task per stream (invariant 2), and starts
     no polling: the stream calls `keep_polling` once it has lived `POLL_INTERVAL` (most
     responses end before a poll would matter, and a polling task started and cancelled per
     response would cost more than the response itself).
@@ -143,7 +150,7 @@ def watch_server_exit(watch: Watch, on_exit: Callable[[], None]) -> Callable[[],
     if watchers.noticed:
         on_exit()
         return unwatched
-    watchers.watching[on_exit] = watch
+    watchers.watching[on_exit] = lifeline
 
     def unwatch() -> None:
         watchers.watching.pop(on_exit, None)
@@ -151,11 +158,11 @@ def watch_server_exit(watch: Watch, on_exit: Callable[[], None]) -> Callable[[],
     return unwatch
 
 
-def keep_polling(watch: Watch) -> None:
-    """Make sure a task polls the server's exit flag, starting one beside ``watch`` if none."""
+def keep_polling(lifeline: Lifeline) -> None:
+    """Make sure a task polls the server's exit flag, starting one beside ``lifeline`` if none."""
     watchers = _watchers()
     if watchers.polling is None and not watchers.noticed:
-        watchers.start_polling((watch,))
+        watchers.start_polling((lifeline,))
 
 
 def unwatched() -> None:

@@ -47,8 +47,8 @@ Differences from `sse_starlette.EventSourceResponse` (each pinned by a parity te
 - The body iterator is closed on every exit (sse-starlette closes it only after an
   encoding or send failure), bounded by ``cleanup_timeout``.
 - The disconnect listener runs for the whole response on every ASGI spec version (as in
-  sse-starlette), beside the body, which runs in the request's own task (`_watch.py`); the
-  listener also sends the pings.
+  sse-starlette), beside the body, which runs in the request's own task (`_lifeline.py`);
+  the listener also sends the pings, between the waits of ``listen_for_disconnect``.
 - HEAD sends the same head as GET, the resolver included; as in sse-starlette the body
   iterator is never iterated (it is closed), and ``data_sender_callable`` is not started.
 - Its private methods and attributes (``_ping``, ``_listen_for_exit_signal``, ``active``,
@@ -66,11 +66,12 @@ import anyio
 from starlette.background import BackgroundTask
 from starlette.types import Message, Receive, Scope, Send
 
+from ._lifeline import Lifeline
+from ._listen import on_server_exit
 from ._response import HeaderFirstStreamingResponse
 from ._scope import is_head
 from ._shutdown import unwatched, wait_for_server_exit
 from ._types import EarlyErrorHandler, EventHeaderResolver, HeaderResolver, ResolverErrorPolicy
-from ._watch import Watch
 
 try:
     from sse_starlette.event import ServerSentEvent, ensure_bytes
@@ -92,6 +93,45 @@ def _replaced(response: object, name: str) -> bool:
     return getattr(method, "__func__", method) is not getattr(HeaderFirstEventSourceResponse, name)
 
 
+def _check_sse_options(
+    response: EventSourceResponse,
+    sep: str | None,
+    ping: float | None,
+    cleanup_timeout: float | None,
+    send_timeout: float | None,
+    *callables: object,
+) -> None:
+    """sse-starlette's own checks and messages, in its order."""
+    if sep not in (None, "\r\n", "\r", "\n"):
+        raise ValueError(f"sep must be one of: \\r\\n, \\r, \\n, got: {sep}")
+    # Its property validates: TypeError for a non-number, ValueError below zero.
+    response.ping_interval = response.DEFAULT_PING_INTERVAL if ping is None else ping
+    if cleanup_timeout is not None and cleanup_timeout < 0:
+        raise ValueError("cleanup_timeout must be >= 0")
+    names = ("ping_message_factory", "data_sender_callable", "client_close_handler_callable")
+    for name, value in zip(names, callables, strict=True):
+        if value is not None and not callable(value):
+            raise TypeError(f"{name} must be callable, got {type(value).__name__}")
+    if send_timeout is not None and not send_timeout > 0:
+        raise ValueError(
+            f"send_timeout must be a positive number of seconds or None, got {send_timeout!r}"
+        )
+
+
+def _event_stream_headers(raw_headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The headers sse-starlette adds, as it adds them."""
+    # A proxy that caches for fan-out sets its own cache-control (so sse-starlette keeps
+    # it). The others are forced; `connection` is dropped again for HTTP/2 and HTTP/3,
+    # where a connection-specific header makes the response malformed.
+    cache = [] if any(name == b"cache-control" for name, _ in raw_headers) else [_NO_STORE]
+    forced = (b"connection", b"x-accel-buffering")
+    kept = [pair for pair in raw_headers if pair[0] not in forced]
+    return [*kept, *cache, (b"connection", b"keep-alive"), (b"x-accel-buffering", b"no")]
+
+
+_NO_STORE = (b"cache-control", b"no-store")
+
+
 def _with_timeout(send: Send, timeout: float) -> Send:
     async def timed_send(message: Message) -> None:
         with anyio.move_on_after(timeout) as deadline:
@@ -105,15 +145,15 @@ def _with_timeout(send: Send, timeout: float) -> Send:
     return timed_send
 
 
-class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse, EventSourceResponse):
+class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse, EventSourceResponse):  # type: ignore[misc]
     """A Server-Sent Events response whose head waits for its late headers.
 
     Takes what `sse_starlette.EventSourceResponse` takes, in the same order, and encodes
     events the same way, with sse-starlette's `ensure_bytes`: `ServerSentEvent` objects,
     dicts of `ServerSentEvent` arguments, `str` (sent as ``data:`` lines) and `bytes`
     (sent as they are). Sends ``content-type: text/event-stream; charset=utf-8``,
-    ``x-accel-buffering: no`` and, unless the response sets its own, ``cache-control:
-    no-store``. The differences from sse-starlette are listed in this module's docstring.
+    ``x-accel-buffering: no`` and, unless it sets its own, ``cache-control: no-store``.
+    The differences from sse-starlette are listed in ``docs/differences.md``.
 
     Args:
         content: An async iterable, or a sync iterable (iterated in a thread), of events.
@@ -126,17 +166,18 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse, EventSourceRe
             or ``"\\n"``.
         ping_message_factory: Returns the `ServerSentEvent` to send as a ping; the
             default is a comment ``: ping - <UTC time>``.
-        data_sender_callable: An async callable started beside the stream (after the
-            head was decided to wait, before the first event), for push-based streams
-            that feed the content from another source; cancelled when the stream ends.
+        data_sender_callable: An async callable started beside the stream (once the
+            response starts, before its head is decided), for push-based streams that
+            feed the content from another source; always called (also when the response
+            ends at once), cancelled when the stream ends, and its clean-up has run when
+            the response returns.
         send_timeout: Seconds an event or ping send may take before the response fails
             with `SendTimeoutError`; ``None`` waits as long as it takes.
         client_close_handler_callable: Awaited with the ``http.disconnect`` message when
             the client leaves.
         shutdown_event: Set when the server's shutdown is noticed, so the generator can
             send a last event and end by itself.
-        shutdown_grace_period: Seconds between setting ``shutdown_event`` and cutting
-            the stream off.
+        shutdown_grace_period: Seconds from ``shutdown_event`` to cutting the stream off.
         cleanup_timeout: Seconds closing the body iterator may take (``None``: no
             limit); on expiry it is abandoned and a WARNING is logged.
         header_resolver: As in `HeaderFirstStreamingResponse`; with
@@ -151,11 +192,8 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse, EventSourceRe
             does (default); ``False`` keeps it open until it ends by itself.
 
     Raises:
-        ValueError: ``sep`` is not one of the three separators, or ``ping``,
-            ``send_timeout``, ``shutdown_grace_period`` or ``cleanup_timeout`` is out of
-            range, or another option is.
-        TypeError: ``ping`` is not a number, or ``ping_message_factory``,
-            ``header_resolver`` or ``early_error_handler`` is not callable.
+        ValueError: ``sep`` is not one of the three separators, or a number is out of range.
+        TypeError: ``ping`` is not a number, or a callable option is not callable.
     """
 
     def __init__(
@@ -182,24 +220,16 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse, EventSourceRe
         early_error_handler: EarlyErrorHandler | None = None,
         end_on_shutdown: bool = True,
     ) -> None:
-        # sse-starlette's own checks and messages, in its order.
-        if sep not in (None, "\r\n", "\r", "\n"):
-            raise ValueError(f"sep must be one of: \\r\\n, \\r, \\n, got: {sep}")
-        # Its property validates: TypeError for a non-number, ValueError below zero.
-        self.ping_interval = self.DEFAULT_PING_INTERVAL if ping is None else ping
-        if cleanup_timeout is not None and cleanup_timeout < 0:
-            raise ValueError("cleanup_timeout must be >= 0")
-        for name, value in (
-            ("ping_message_factory", ping_message_factory),
-            ("data_sender_callable", data_sender_callable),
-            ("client_close_handler_callable", client_close_handler_callable),
-        ):
-            if value is not None and not callable(value):
-                raise TypeError(f"{name} must be callable, got {type(value).__name__}")
-        if send_timeout is not None and not send_timeout > 0:
-            raise ValueError(
-                f"send_timeout must be a positive number of seconds or None, got {send_timeout!r}"
-            )
+        _check_sse_options(
+            self,
+            sep,
+            ping,
+            cleanup_timeout,
+            send_timeout,
+            ping_message_factory,
+            data_sender_callable,
+            client_close_handler_callable,
+        )
         super().__init__(
             content,
             status_code,
@@ -215,14 +245,7 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse, EventSourceRe
             shutdown_event=shutdown_event,
             shutdown_grace_period=shutdown_grace_period,
         )
-        if all(name != b"cache-control" for name, _ in self.raw_headers):
-            # A proxy that caches for fan-out sets its own (sse-starlette does the same).
-            self.raw_headers.append((b"cache-control", b"no-store"))
-        # Forced, as sse-starlette forces them; `connection` is dropped again for HTTP/2
-        # and HTTP/3, where a connection-specific header makes the response malformed.
-        forced = (b"connection", b"x-accel-buffering")
-        self.raw_headers = [pair for pair in self.raw_headers if pair[0] not in forced]
-        self.raw_headers += [(b"connection", b"keep-alive"), (b"x-accel-buffering", b"no")]
+        self.raw_headers = _event_stream_headers(self.raw_headers)
         self.sep = sep or self.DEFAULT_SEPARATOR
         self.ping_message_factory = ping_message_factory
         self.data_sender_callable = data_sender_callable
@@ -247,12 +270,8 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse, EventSourceRe
         await super().__call__(scope, receive, send)
 
     async def _listen_for_exit_signal(self) -> None:  # type: ignore[override]
-        """Return when the server shuts down: sse-starlette's hook, with our anyio watcher.
-
-        Not called unless replaced: a stream watches through `_shutdown` at no task's
-        cost. An instance or subclass may replace it, as sse-starlette's tests and users
-        do; the stream then ends when the replacement returns.
-        """
+        """Return when the server shuts down: sse-starlette's hook (called only if replaced,
+        on an instance or a subclass, as its users do: the stream then ends when it returns)."""
         await wait_for_server_exit()
 
     def _listens_to_the_end(self) -> bool:
@@ -263,19 +282,21 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse, EventSourceRe
             or super()._listens_to_the_end()
         )
 
-    def _start_tasks(self, watch: Watch) -> Callable[[], None]:
+    def _start_tasks(self, lifeline: Lifeline) -> Callable[[], None]:
+        # User callables are always called, as sse-starlette's task group calls them: a
+        # sender that owns a memory stream closes it in its own clean-up.
         if self.data_sender_callable is not None:
-            watch.start_soon(self.data_sender_callable)
+            lifeline.start(self.data_sender_callable)
         if self.end_on_shutdown and _replaced(self, "_listen_for_exit_signal"):
             # sse-starlette's hook, replaced on the instance (as its users and tests do):
             # the stream ends when it returns.
-            watch.start_soon(self._end_when_exit_signalled, watch)
+            lifeline.start(self._end_when_exit_signalled, lifeline)
             return unwatched
-        return super()._start_tasks(watch)
+        return super()._start_tasks(lifeline)
 
-    async def _end_when_exit_signalled(self, watch: Watch) -> None:
+    async def _end_when_exit_signalled(self, lifeline: Lifeline) -> None:
         await self._listen_for_exit_signal()
-        self._on_server_exit(watch)
+        on_server_exit(self, lifeline)
 
     async def _send_body(self, send: Send, first_chunk: bytes | memoryview | None) -> None:
         events_send = send if self.send_timeout is None else _with_timeout(send, self.send_timeout)
@@ -297,15 +318,22 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse, EventSourceRe
 
     async def _wait_for_disconnect(self, receive: Receive, until: float = math.inf) -> bool:
         interval = self.ping_interval
+        message: Message = {"type": "http.disconnect"}
+
+        async def receiving() -> Message:  # what the close handler is given
+            nonlocal message
+            message = await receive()
+            return message
+
         while True:
-            # Waiting for receive() is cut short at every ping, and at `until`. That is
+            # The wait is ``listen_for_disconnect`` (Starlette's extension point, which a
+            # subclass may override), cut short at every ping and at `until`. That is
             # safe: servers keep a message that was not delivered for the next call, which
             # Starlette's own `Request.is_disconnected()` relies on too.
             if interval > 0 and self._next_ping_at is None:
                 self._next_ping_at = anyio.current_time() + interval
             with anyio.CancelScope(deadline=min(self._next_ping_at or until, until)):
-                while (message := await receive())["type"] != "http.disconnect":
-                    pass
+                await self.listen_for_disconnect(receiving)
                 break
             if self._next_ping_at is None or anyio.current_time() < self._next_ping_at:
                 return False  # cut at `until`, before the next ping

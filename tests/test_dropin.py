@@ -31,7 +31,7 @@ from header_first_stream import (
     HeaderFirstStreamingResponse,
     late_headers,
 )
-from header_first_stream._listening import FINAL_SEND_GRACE
+from header_first_stream._listen import FINAL_SEND_GRACE
 
 from ._asgi import (
     END,

@@ -121,7 +121,7 @@ def test_adding_after_the_head_was_sent_returns_false_and_warns_naming_the_heade
 
 def test_take_from_a_scope_without_a_store_is_empty_and_allocates_no_store() -> None:
     scope = http_scope()
-    assert take_late_headers(scope) == []
+    assert take_late_headers(scope) == ([], [])
     assert not isinstance(scope[SCOPE_KEY], LateHeaders)  # a marker: the head went out
     assert late_headers_of(scope).sent  # a store asked for later knows it
 

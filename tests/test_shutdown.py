@@ -22,6 +22,7 @@ from header_first_stream import (
     HeaderFirstStreamingResponse,
     begin_shutdown,
 )
+from header_first_stream._lifeline import Side
 from header_first_stream._shutdown import POLL_INTERVAL
 
 from ._asgi import (
@@ -354,15 +355,15 @@ async def test_begin_shutdown_wakes_a_polling_task_at_once() -> None:
 
 
 class _FakeWatch:
-    """A `Watch` that records what is started beside it."""
+    """A `Lifeline` that records what is started beside it (and never runs it)."""
 
     def __init__(self, stopped: bool) -> None:
         self.stopped = stopped
         self.started: list[str] = []
 
-    def start_soon(self, fn: Any, *args: object) -> None:
+    def start(self, fn: Any, *args: object) -> Side:
         self.started.append(fn.__name__)
-        args[0].cancel()  # type: ignore[attr-defined]  # the poll's scope: never runs here
+        return Side()
 
     def stop(self) -> None:  # not called by the polling
         self.stopped = True
