@@ -243,7 +243,7 @@ def markdown(run: Run, chart_name: str) -> str:
             "group costs tens of microseconds, more than everything else a response does. "
             "This package runs the response in the request's own task with the listener "
             "beside it as a bare asyncio task or a trio system task, started only once the "
-            "response waits (`header_first_stream/_watch.py`). On spec 2.4 Starlette starts "
+            "response waits (`header_first_stream/_lifeline.py`). On spec 2.4 Starlette starts "
             "no task at all, so every step this package adds shows there; the next section "
             "times them. An SSE response with pings (sse-starlette's default) listens to the "
             "end on every spec: its listener sends the pings.",
