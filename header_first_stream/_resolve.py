@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
+from types import FunctionType
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, overload
 
 import anyio
@@ -54,9 +55,10 @@ def _plainly_sync(resolver: object) -> bool:
     """
     function = getattr(resolver, "__func__", resolver)  # a bound method's function
     return (
-        inspect.isfunction(function)
+        type(function) is FunctionType
+        and not function.__code__.co_flags & inspect.CO_COROUTINE  # the common case, fast
         and function.__name__ != "<lambda>"
-        and not inspect.iscoroutinefunction(function)
+        and not inspect.iscoroutinefunction(function)  # marked, e.g. by markcoroutinefunction
     )
 
 
