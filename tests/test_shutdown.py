@@ -356,6 +356,6 @@ async def test_the_polling_skips_a_stream_that_is_being_stopped() -> None:
 
     stopping, open_ = _FakeWatch(stopped=True), _FakeWatch(stopped=False)
     watchers = _Watchers()
-    watchers.start_polling([stopping, open_])
+    watchers.start_polling([stopping, open_])  # type: ignore[list-item]
     assert (stopping.started, open_.started) == ([], ["_poll"])
     assert watchers.polling is not None
