@@ -8,8 +8,9 @@ handler and pings), `HeaderFirstStreamingResponse` (override, resolver, ``end_on
 and the same behind `HeaderFirstMiddleware`.
 
 Asserted exactly: no side callable (nor any ``send``) was still alive when its request's call
-returned; every side callable started also ended; every body generator was closed inside
-its request; no request raised; every response not cut was complete.
+returned; every side callable started also ended; the data sender was called once per SSE
+response; every body generator was closed inside its request; no request raised; every
+response not cut was complete.
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ def run(
     for name, (begun, ended) in sides.items():
         if begun != ended:
             failures.append(f"{name}: started {begun}, ended {ended}")
+    sse = sum(family == "sse" for family, _, _ in plan)
+    if sides["sender"][0] != sse:  # always called, as sse-starlette's task group calls it
+        failures.append(f"{sse} SSE responses, data sender called {sides['sender'][0]} times")
     generators = {}
     for family in FAMILIES:
         entered = counters.get(f"outer:{family}:gen_entered", 0)
