@@ -105,11 +105,11 @@ class Side:
 
     def cancel(self) -> None:
         """Cancel this task, or its start if it has not started (then it never does)."""
-        if not self.started:
+        if self.scope is None:  # not started: its scope is made with its task
             self.dropped = True
             if self.handle is not None:
                 self.handle.cancel()  # its references are dropped at once
-        elif self.scope is not None:
+        else:
             self.scope.cancel()
 
 
