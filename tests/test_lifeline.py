@@ -374,6 +374,25 @@ async def test_an_outer_cancellation_waits_for_the_side_tasks_clean_up() -> None
     assert events == ["side called", "side cleaned up", "run ended"]
 
 
+async def test_the_end_waits_for_every_side_task_whatever_order_they_finish_in() -> None:
+    events: list[str] = []
+
+    async def quick() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            events.append("quick cleaned up")
+
+    async def work(lifeline: Lifeline) -> None:
+        lifeline.start(_recording(events, "slow"))  # waited for first, finishes last
+        lifeline.start(quick)
+        await anyio.lowlevel.checkpoint()
+
+    await Lifeline().run(work)
+    events.append("run returned")
+    assert events == ["slow called", "quick cleaned up", "slow cleaned up", "run returned"]
+
+
 async def test_an_outer_cancellation_during_the_end_does_not_cut_the_wait_short() -> None:
     events: list[str] = []
 
