@@ -73,7 +73,7 @@ def test_resolver_options_read_back_as_given_and_are_validated_when_assigned() -
     with pytest.raises(
         TypeError, match=r"^resolver must be an async callable taking the ASGI scope, got int$"
     ):
-        middleware.resolver = 1  # type: ignore[assignment]
+        middleware.resolver = 1
 
 
 # --- scopes it does not touch -------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -22,7 +22,7 @@ from header_first_stream import (
     HeaderFirstStreamingResponse,
     begin_shutdown,
 )
-from header_first_stream._lifeline import Side
+from header_first_stream._lifeline import Lifeline, Side
 from header_first_stream._shutdown import POLL_INTERVAL
 
 from ._asgi import (
@@ -380,6 +380,6 @@ async def test_the_polling_skips_a_stream_that_is_being_stopped() -> None:
 
     stopping, open_ = _FakeWatch(stopped=True), _FakeWatch(stopped=False)
     watchers = _Watchers()
-    watchers.start_polling([stopping, open_])
+    watchers.start_polling(cast("list[Lifeline]", [stopping, open_]))
     assert (stopping.started, open_.started) == ([], ["_poll"])
     assert watchers.polling is not None
