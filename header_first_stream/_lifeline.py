@@ -153,14 +153,12 @@ class Lifeline:
         self._sides.append(side)
         if self._on_asyncio:
             loop = asyncio.get_running_loop()
-            side.handle = loop.call_soon(self._spawn_deferred, side, fn, args)
+            side.handle = loop.call_soon(self._spawn, side, fn, args)
         else:
             import trio  # only ever imported under trio
 
             context = contextvars.copy_context()
-            trio.lowlevel.current_trio_token().run_sync_soon(
-                self._spawn_deferred, side, fn, args, context
-            )
+            trio.lowlevel.current_trio_token().run_sync_soon(self._spawn, side, fn, args, context)
         return side
 
     def start(self, fn: Callable[..., Awaitable[object]], *args: object) -> Side:
@@ -181,16 +179,6 @@ class Lifeline:
         for side in self._sides:
             side.cancel()
 
-    def _spawn_deferred(
-        self,
-        side: Side,
-        fn: Callable[..., Awaitable[object]],
-        args: tuple[object, ...],
-        context: contextvars.Context | None = None,
-    ) -> None:
-        if not side.dropped:
-            self._spawn(side, fn, args, context)
-
     def _spawn(
         self,
         side: Side,
@@ -198,6 +186,9 @@ class Lifeline:
         args: tuple[object, ...],
         context: contextvars.Context | None = None,
     ) -> None:
+        """Create the side's task, unless it was dropped (a deferred start only can be)."""
+        if side.dropped:
+            return
         side.started = True
         side.scope = new_scope(self._on_asyncio)
         if self._on_asyncio:
