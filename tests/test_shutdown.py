@@ -7,9 +7,8 @@ SIGTERM to a real uvicorn process.
 
 from __future__ import annotations
 
-import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import anyio
@@ -27,6 +26,7 @@ from header_first_stream._shutdown import POLL_INTERVAL
 
 from ._asgi import (
     END,
+    FakeUvicornServer,
     Recorder,
     http_scope,
     receive_disconnect_after,
@@ -139,26 +139,6 @@ async def test_sse_starlettes_app_status_should_exit_ends_the_stream(
         response, lambda: monkeypatch.setattr(AppStatus, "should_exit", True), within=2
     )
     assert log == ["finally"]
-
-
-class FakeUvicornServer:
-    """What sse-starlette and we look for: a SIGTERM handler bound to a ``should_exit``."""
-
-    def __init__(self) -> None:
-        self.should_exit = False
-
-    def handle_exit(self, sig: int, frame: object) -> None:  # pragma: no cover - not called
-        self.should_exit = True
-
-
-@pytest.fixture
-def uvicorn_like() -> Iterator[FakeUvicornServer]:
-    server = FakeUvicornServer()
-    previous = signal.signal(signal.SIGTERM, server.handle_exit)
-    try:
-        yield server
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 async def test_uvicorns_exit_flag_is_noticed_by_one_poll(uvicorn_like: FakeUvicornServer) -> None:
