@@ -192,6 +192,10 @@ class Lifeline:
         side.started = True
         side.scope = new_scope(self._on_asyncio)
         if self._on_asyncio:
+            # The deferred start's handle holds this side and ``fn``: let go of it, or the
+            # side and what ``fn`` refers to (the response, its scope) form a cycle that
+            # only the garbage collector frees.
+            side.handle = None
             side.task = asyncio.get_running_loop().create_task(self._side(side, fn, args))
         else:
             import trio

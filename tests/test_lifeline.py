@@ -12,6 +12,8 @@ time; the few asyncio-only tests say why.
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -161,6 +163,37 @@ async def test_start_soon_while_the_response_ends_is_dropped_at_once() -> None:
     (side,) = late
     assert side.dropped
     assert not side.started
+
+
+class _Owner:
+    """What a side task's function refers to (a response, with its scope and its store)."""
+
+    def __init__(self) -> None:
+        self.ran = anyio.Event()
+
+    async def side(self) -> None:
+        self.ran.set()
+        await anyio.sleep_forever()
+
+
+@pytest.mark.parametrize("how", ["start_soon", "start"])
+async def test_what_a_side_task_refers_to_is_freed_when_the_lifeline_ends(how: str) -> None:
+    # Without the garbage collector: nothing of a side task refers back to itself, so a
+    # response (and a late-header store that logs when it is freed) goes when its call ends.
+    owner = _Owner()
+    freed = weakref.ref(owner)
+
+    async def work(lifeline: Lifeline, owner: _Owner) -> None:
+        getattr(lifeline, how)(owner.side)
+        await owner.ran.wait()
+
+    gc.disable()
+    try:
+        await Lifeline().run(work, owner)
+        del owner
+        assert freed() is None
+    finally:
+        gc.enable()
 
 
 async def test_a_side_cancelled_before_it_started_never_starts() -> None:
