@@ -249,10 +249,15 @@ class HeaderFirstMiddleware:
             return
         store = late_headers(scope)
         token = CURRENT.set(store)
+        responder = _Responder(self, scope, receive, send, store)
         try:
-            await _Responder(self, scope, receive, send, store).respond()
+            await responder.respond()
         finally:
             CURRENT.reset(token)
+            # The end of the request, for the outermost holder: headers no head took are
+            # named now (never silent), not when the scope is freed.
+            if store._pending and not responder.outside:
+                store._end(client_left=responder.state is HeadState.CLIENT_LEFT)
 
 
 def _forwarding(
