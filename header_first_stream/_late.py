@@ -23,6 +23,7 @@ __all__ = [
     "CURRENT",
     "LateHeaders",
     "add_late_headers",
+    "end_without_head",
     "head_taken_inside",
     "late_headers",
     "late_names",
@@ -64,8 +65,11 @@ class LateHeaders:
 
     def __del__(self) -> None:
         # Never silent: headers that no head took are named when the request's scope is
-        # freed (at the end of the request, on CPython), e.g. a response that is not ours
-        # without HeaderFirstMiddleware around the app.
+        # freed: a response that is not ours without HeaderFirstMiddleware around the app,
+        # where nothing of ours runs at the end of the request. On CPython that is when the
+        # server drops the scope: at the end of the request on hypercorn and granian; uvicorn
+        # keeps a connection's last scope until its next request or the garbage collector.
+        # Where a component of ours ran, it ends the store itself (`end_without_head`).
         if self._pending and not self._sent:
             logger.warning(
                 "late headers %s for %s were never sent: no response head took them "
@@ -123,6 +127,22 @@ class LateHeaders:
         self._sent = True
         self._pending = []
         return self._raw
+
+    def _end(self, client_left: bool) -> None:
+        """The request ended and no head took the pending headers: drop them.
+
+        Named at WARNING now, deterministically, unless the client left before any head
+        (then nothing at all was sent, and the headers are not what went missing). `sent`
+        stays ``False``: no head took them.
+        """
+        if self._pending and not client_left:
+            logger.warning(
+                "late headers %s for %s were never sent: the request ended before a response "
+                "head went out (the app raised, or sent no response)",
+                [name.decode("latin-1") for name, _ in self._pending],
+                self._path,
+            )
+        self._pending = []
 
     def _hold(self) -> int:
         """Register one more holder of the head (a middleware); return how many are outside it."""
@@ -308,6 +328,18 @@ def take_late_headers(
     return [], []
 
 
+def end_without_head(scope: Scope) -> None:
+    """A response of ours was stopped (its client left, or the server exits): drop the
+    headers no head took, quietly; nothing at all was sent.
+
+    Only when no `HeaderFirstMiddleware` holds the head outside it; the outermost one ends
+    the store at the end of its request.
+    """
+    store = scope.get(SCOPE_KEY)
+    if isinstance(store, LateHeaders) and not store._holders:
+        store._end(client_left=True)
+
+
 def head_taken_inside(scope: Scope) -> bool:
     """Whether a response of ours inside already decided the head (it took the headers)."""
     store = scope.get(SCOPE_KEY)
@@ -315,8 +347,10 @@ def head_taken_inside(scope: Scope) -> bool:
 
 
 def late_names(scope: Scope) -> list[bytes]:
-    """The names of every late header of the request, its responses' resolvers' included."""
-    store = scope.get(SCOPE_KEY)
-    if not isinstance(store, LateHeaders):
-        return []
+    """The names of every late header of the request, its resolvers' included.
+
+    For `HeaderFirstMiddleware`, whose store is always in the scope; the resolvers' are those
+    `take_late_headers` recorded (an inner response's, then the middleware's own).
+    """
+    store: LateHeaders = scope[SCOPE_KEY]
     return [name for name, _ in (*store._raw, *store._resolved)]

@@ -17,6 +17,7 @@ Invariants, enforced in `ResolverOptions.run`:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -46,19 +47,42 @@ class Failed(NamedTuple):
     reason: str
 
 
-def _plainly_sync(resolver: object) -> bool:
-    """Whether ``resolver`` is a plain (named) function that is not ``async def``.
+_YIELDS = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
 
-    Only what can be known before a call: a lambda, a `functools.partial` or an object may
-    return a coroutine (``lambda: limiter.headers_for(key)``); their result is checked when
-    they are called.
+
+def _not_async(resolver: object) -> str | None:
+    """Why ``resolver`` cannot return an awaitable, when that is known before a call.
+
+    Known for a named function that is not ``async def`` (a bound method's too) and for a
+    generator function, also inside a `functools.partial`. Not known for a lambda or a
+    decorator's wrapper (``functools.wraps``), which may return a coroutine
+    (``lambda: limiter.headers_for(key)``), nor for other callables (an object with a
+    ``__call__``, a mock): what they return is checked when they are called.
     """
     function = getattr(resolver, "__func__", resolver)  # a bound method's function
+    if type(function) is not FunctionType:
+        if isinstance(function, functools.partial):
+            return _not_async(function.func)
+        return None
+    flags = function.__code__.co_flags
+    if flags & inspect.CO_COROUTINE:  # the common case, fast
+        return None
+    name = function.__name__
+    if (
+        name == "<lambda>"
+        or hasattr(function, "__wrapped__")  # a decorator's wrapper, as functools.wraps makes
+        or inspect.iscoroutinefunction(function)  # marked, e.g. by markcoroutinefunction
+    ):
+        return None
+    if flags & _YIELDS:
+        kind = "an async generator" if flags & inspect.CO_ASYNC_GENERATOR else "a generator"
+        return (
+            f"{name}() is {kind} function, so it returns no awaitable; return the "
+            f"headers from `async def {name}(...)` instead of yielding them"
+        )
     return (
-        type(function) is FunctionType
-        and not function.__code__.co_flags & inspect.CO_COROUTINE  # the common case, fast
-        and function.__name__ != "<lambda>"
-        and not inspect.iscoroutinefunction(function)  # marked, e.g. by markcoroutinefunction
+        f"{name}() is a plain function, so awaiting what it returns fails on every "
+        f"request; declare it `async def {name}(...)`"
     )
 
 
@@ -116,13 +140,9 @@ class ResolverOptions(NamedTuple, Generic[R]):
             raise TypeError(
                 f"{option} must be an async callable{taking}, got {type(resolver).__name__}"
             )
-        if _plainly_sync(resolver):
-            name = getattr(resolver, "__name__", "the resolver")
-            raise TypeError(
-                f"{option} must be an async callable{taking}: {name}() is a plain function, "
-                f"so awaiting what it returns fails on every request; declare it "
-                f"`async def {name}(...)`"
-            )
+        reason = None if resolver is None else _not_async(resolver)
+        if reason is not None:
+            raise TypeError(f"{option} must be an async callable{taking}: {reason}")
         if timeout is not None and not timeout > 0:
             raise ValueError(
                 f"resolver_timeout must be a positive number of seconds or None, got {timeout!r}"

@@ -58,6 +58,7 @@ from starlette.types import Message, Receive, Scope, Send
 from ._body import close_body, must_close
 from ._head import check_response_options, decide_head, decide_response_head
 from ._headers import DEFAULT_MAX_HEAD_SIZE, DEFAULT_MAX_HEADER_VALUE_SIZE
+from ._late import end_without_head
 from ._lifeline import Lifeline, Side
 from ._listen import listen, on_server_exit, wait_for_disconnect
 from ._resolve import Option, ResolverOptions
@@ -238,7 +239,10 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             if listening is Listen.NEVER or listening is Listen.WHILE_RESOLVING:
                 await self._respond(None, scope, receive, send, listening)
             else:
-                await Lifeline().run(self._respond, scope, receive, send, listening)
+                lifeline = Lifeline()
+                await lifeline.run(self._respond, scope, receive, send, listening)
+                if lifeline.stopped:  # the client left (or the server exits), maybe before the head
+                    end_without_head(scope)
         except OSError as exc:
             if not spec_at_least_2_4(scope):
                 raise
@@ -278,7 +282,10 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             watch = receive if how is Listen.WHILE_RESOLVING else None
             prepared = await decide_response_head(self, scope, watch)
             if prepared is None:
-                return  # the client left while the head was held back: send nothing
+                # The client left while the head was held back: send nothing, and close
+                # the store, so that its headers are not reported as lost.
+                end_without_head(scope)
+                return
             if how is Listen.UNTIL_HEAD and listener is not None:
                 listener.cancel()
             await send(prepared.start)

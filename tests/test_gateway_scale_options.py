@@ -6,6 +6,8 @@ The behaviour with a real Redis and worker processes is in the scale tier
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from examples.gateway.app import Gateway
@@ -28,6 +30,20 @@ def test_demo_refuses_options_that_cannot_share_quotas(
         main(argv)
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_demo_with_redis_but_without_the_redis_package_says_how_to_get_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)  # as if not installed: import fails
+    with pytest.raises(SystemExit) as exited:
+        main(["--redis", "redis://127.0.0.1:1/0"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "scripts/demo: error: --redis needs the `redis` package, which the demo's own "
+        "environment gets on first use: run scripts/demo (or pip install -e "
+        "'.[demo,demo-redis]')"
+    )
 
 
 def test_the_worker_factory_names_the_missing_upstream(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,7 @@ other message on as sent; direct ASGI calls record when and what is sent.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 
 import anyio
@@ -28,6 +29,7 @@ from ._asgi import (
     receive_disconnect_after,
     websocket_scope,
 )
+from ._expect import logged
 
 # --- construction -------------------------------------------------------------------------
 
@@ -73,7 +75,7 @@ def test_resolver_options_read_back_as_given_and_are_validated_when_assigned() -
     with pytest.raises(
         TypeError, match=r"^resolver must be an async callable taking the ASGI scope, got int$"
     ):
-        middleware.resolver = 1  # type: ignore[assignment]
+        middleware.resolver = 1
 
 
 # --- scopes it does not touch -------------------------------------------------------------
@@ -235,6 +237,35 @@ async def test_an_app_that_sends_nothing_gets_nothing_sent() -> None:
 
     recorder = await call(HeaderFirstMiddleware(app))
     assert recorder.messages == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("client_leaves", [False, True], ids=["sends-nothing", "client-left"])
+async def test_late_headers_that_no_head_took_are_named_as_the_request_ends(
+    client_leaves: bool, logs: pytest.LogCaptureFixture
+) -> None:
+    # Freed when the request ends, without the garbage collector: nothing of the request
+    # refers back to itself once the middleware is done with it.
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        late_headers().add("x-late", "1")
+        if client_leaves:
+            await send(START)
+            assert (await receive())["type"] == "http.disconnect"
+
+    gc.disable()
+    try:
+        await call(HeaderFirstMiddleware(app), receive=receive_disconnect_after(0))
+        reported = logged(logs)
+    finally:
+        gc.enable()
+    assert reported == [
+        (
+            "WARNING",
+            "late headers ['x-late'] for / were never sent: no response head took them "
+            "(return a HeaderFirstStreamingResponse, or add HeaderFirstMiddleware around the "
+            "app for any response class)",
+        )
+    ]
 
 
 @pytest.mark.anyio

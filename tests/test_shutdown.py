@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -21,7 +21,7 @@ from header_first_stream import (
     HeaderFirstStreamingResponse,
     begin_shutdown,
 )
-from header_first_stream._lifeline import Side
+from header_first_stream._lifeline import Lifeline, Side
 from header_first_stream._shutdown import POLL_INTERVAL
 
 from ._asgi import (
@@ -186,12 +186,16 @@ async def test_when_the_polling_stream_ends_another_takes_the_polling_over(
         await wait_until(lambda: logs == [["finally"]] * 3, POLL_INTERVAL + 0.5)
 
 
-async def test_a_stream_shorter_than_a_poll_interval_starts_no_polling() -> None:
+@pytest.mark.parametrize("cls", [HeaderFirstEventSourceResponse, HeaderFirstStreamingResponse])
+async def test_a_stream_shorter_than_a_poll_interval_starts_no_polling(cls: Any) -> None:
     from header_first_stream._shutdown import _watchers
 
-    response = HeaderFirstEventSourceResponse(endless([]), ping=0)
+    log: list[str] = []
+    options = {"ping": 0} if cls is HeaderFirstEventSourceResponse else {"end_on_shutdown": True}
+    response = cls(endless(log), **options)
     with anyio.fail_after(2):
         await response(http_scope(), receive_disconnect_after(0.1), Recorder())
+    assert log == ["finally"]  # the client left: the stream was cut off and closed
     watchers = _watchers()
     assert (watchers.polling, watchers.watching) == (None, {})
 
@@ -356,6 +360,6 @@ async def test_the_polling_skips_a_stream_that_is_being_stopped() -> None:
 
     stopping, open_ = _FakeWatch(stopped=True), _FakeWatch(stopped=False)
     watchers = _Watchers()
-    watchers.start_polling([stopping, open_])  # type: ignore[list-item]
+    watchers.start_polling(cast("list[Lifeline]", [stopping, open_]))
     assert (stopping.started, open_.started) == ([], ["_poll"])
     assert watchers.polling is not None

@@ -220,6 +220,15 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _has_redis() -> bool:
+    """Whether the `redis` package is installed (scripts/demo adds it for ``--redis``)."""
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; see the module docstring for modes and exit status."""
     parser = argparse.ArgumentParser(
@@ -269,6 +278,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.redis is not None and args.without_fix:
         parser.error("--redis runs the fixed gateway only; drop --without-fix")
+    if args.redis is not None and not _has_redis():
+        parser.error(
+            "--redis needs the `redis` package, which the demo's own environment gets on "
+            "first use: run scripts/demo (or pip install -e '.[demo,demo-redis]')"
+        )
     if args.serve:
         return _serve(
             fix=not args.without_fix,
