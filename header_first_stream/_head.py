@@ -169,7 +169,7 @@ def decide_head(
         status, headers, body = early_error_response(outcome.handler, outcome.exc, late, path)
         prepared = Prepared(start_message(status, headers), body)
     else:
-        names = late_names(scope) + [name for name, _ in resolved] if expose else []
+        names = late_names(scope) if expose else []  # `resolved`'s too: taken above
         if owner is None and message is not None and not (late or resolved or names):
             return Prepared(message)  # nothing added: the app's head, as the app built it
         prepared = _merged(scope, status, own, late, every_late, resolved, owner, names, message)

@@ -351,8 +351,10 @@ def head_taken_inside(scope: Scope) -> bool:
 
 
 def late_names(scope: Scope) -> list[bytes]:
-    """The names of every late header of the request, its responses' resolvers' included."""
-    store = scope.get(SCOPE_KEY)
-    if not isinstance(store, LateHeaders):
-        return []
+    """The names of every late header of the request, its resolvers' included.
+
+    For `HeaderFirstMiddleware`, whose store is always in the scope; the resolvers' are those
+    `take_late_headers` recorded (an inner response's, then the middleware's own).
+    """
+    store: LateHeaders = scope[SCOPE_KEY]
     return [name for name, _ in (*store._raw, *store._resolved)]

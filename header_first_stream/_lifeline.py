@@ -105,11 +105,11 @@ class Side:
 
     def cancel(self) -> None:
         """Cancel this task, or its start if it has not started (then it never does)."""
-        if not self.started:
+        if self.scope is None:  # not started: its scope is made with its task
             self.dropped = True
             if self.handle is not None:
                 self.handle.cancel()  # its references are dropped at once
-        elif self.scope is not None:
+        else:
             self.scope.cancel()
 
 
@@ -153,14 +153,12 @@ class Lifeline:
         self._sides.append(side)
         if self._on_asyncio:
             loop = asyncio.get_running_loop()
-            side.handle = loop.call_soon(self._spawn_deferred, side, fn, args)
+            side.handle = loop.call_soon(self._spawn, side, fn, args)
         else:
             import trio  # only ever imported under trio
 
             context = contextvars.copy_context()
-            trio.lowlevel.current_trio_token().run_sync_soon(
-                self._spawn_deferred, side, fn, args, context
-            )
+            trio.lowlevel.current_trio_token().run_sync_soon(self._spawn, side, fn, args, context)
         return side
 
     def start(self, fn: Callable[..., Awaitable[object]], *args: object) -> Side:
@@ -181,16 +179,6 @@ class Lifeline:
         for side in self._sides:
             side.cancel()
 
-    def _spawn_deferred(
-        self,
-        side: Side,
-        fn: Callable[..., Awaitable[object]],
-        args: tuple[object, ...],
-        context: contextvars.Context | None = None,
-    ) -> None:
-        if not side.dropped:
-            self._spawn(side, fn, args, context)
-
     def _spawn(
         self,
         side: Side,
@@ -198,9 +186,16 @@ class Lifeline:
         args: tuple[object, ...],
         context: contextvars.Context | None = None,
     ) -> None:
+        """Create the side's task, unless it was dropped (a deferred start only can be)."""
+        if side.dropped:
+            return
         side.started = True
         side.scope = new_scope(self._on_asyncio)
         if self._on_asyncio:
+            # The deferred start's handle holds this side and ``fn``: let go of it, or the
+            # side and what ``fn`` refers to (the response, its scope) form a cycle that
+            # only the garbage collector frees.
+            side.handle = None
             side.task = asyncio.get_running_loop().create_task(self._side(side, fn, args))
         else:
             import trio

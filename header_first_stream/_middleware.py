@@ -341,12 +341,18 @@ class _Responder:
         self.resolver_left: anyio.Event | None = None  # set when the resolver's scope exits
 
     async def respond(self) -> None:
-        await self.lifeline.run(self.run_app)
-        if self.state is HeadState.HOLDING:
-            # The app sent its head and returned without a body message.
-            await self.release(_last_body(b""))
-        elif self.body_open:
-            await self.send(_last_body(b""))  # the timer sent its head; no body followed
+        try:
+            await self.lifeline.run(self.run_app)
+            if self.state is HeadState.HOLDING:
+                # The app sent its head and returned without a body message.
+                await self.release(_last_body(b""))
+            elif self.body_open:
+                await self.send(_last_body(b""))  # the timer sent its head; no body followed
+        finally:
+            # The app's send refers back to this responder: let go of it, so that the
+            # request (its scope, its late-header store) is freed when it ends, not later by
+            # the garbage collector (a store whose headers no head took logs it when freed).
+            del self.send_holding, self.forward_to
 
     async def run_app(self, lifeline: Lifeline) -> None:
         await self.middleware.app(self.scope, self.receive_watching, self.send_holding)

@@ -66,7 +66,7 @@ class _Watchers:
         self.watching: dict[Callable[[], None], Lifeline] = {}
 
     def notice(self) -> None:
-        """The server exits: tell every watching stream, once."""
+        """The server exits: tell every watching stream (none watch once it was noticed)."""
         self.noticed = True
         watching, self.watching = self.watching, {}
         for on_exit in watching:
@@ -131,8 +131,7 @@ def begin_shutdown() -> None:
     """
     watchers = _watchers()
     watchers.exiting = True
-    if not watchers.noticed:
-        watchers.notice()
+    watchers.notice()  # again a no-op: a stream that watches after a notice is told at once
     if watchers.polling is not None:
         watchers.polling.cancel()  # nothing left to poll for
 

@@ -276,6 +276,17 @@ async def never_resolves(*first: object) -> Any:
     raise AssertionError("unreachable")
 
 
+class FakeUvicornServer:
+    """What sse-starlette and we look for: a SIGTERM handler bound to a ``should_exit``
+    (installed by the ``uvicorn_like`` fixture)."""
+
+    def __init__(self) -> None:
+        self.should_exit = False
+
+    def handle_exit(self, sig: int, frame: object) -> None:  # pragma: no cover - not called
+        self.should_exit = True
+
+
 async def stale_cancellation() -> BaseException:
     """A cancellation caught in a cancel scope that has exited since: no longer anyone's."""
     with anyio.CancelScope() as scope:

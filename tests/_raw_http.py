@@ -1,7 +1,8 @@
 """Tier-3 raw clients: one request on a fresh connection, the response as the server sent it.
 
 `http1_get` reads HTTP/1.1 bytes from a socket until the server closes it and checks the
-framing strictly (exactly one framing header, no byte after the body); `h2c_get` speaks
+framing strictly (exactly one framing header, no byte after the body); `http1_head_only`
+reads only the head (of a stream whose body may never come); `h2c_get` speaks
 HTTP/2 with prior knowledge through the `h2` state machine, with inbound validation off,
 so that every field the server sent is seen. Every read is bounded.
 """
@@ -55,14 +56,7 @@ def http1_get(url: str, path: str) -> Exchange:
             assert time.monotonic() < deadline, f"no EOF within {WAIT}s: {raw!r}"
     assert b"\r\n\r\n" in raw, f"no complete head: {raw!r}"
     head, _, rest = raw.partition(b"\r\n\r\n")
-    status_line, *lines = head.split(b"\r\n")
-    match = _STATUS_LINE.fullmatch(status_line)
-    assert match is not None, f"bad status line {status_line!r}"
-    headers: list[tuple[bytes, bytes]] = []
-    for line in lines:
-        parsed = _HEADER_LINE.fullmatch(line)
-        assert parsed is not None, f"bad header line {line!r}"
-        headers.append((parsed.group(1).lower(), parsed.group(2)))
+    status, headers = _parse_head(head)
     framing = [(n, v) for n, v in headers if n in (b"content-length", b"transfer-encoding")]
     assert len(framing) == 1, f"expected exactly one framing header, got {framing}"
     (name, value) = framing[0]
@@ -82,7 +76,20 @@ def http1_get(url: str, path: str) -> Exchange:
                 break
             body += chunk
         assert rest == b"", f"bytes after the last chunk: {rest!r}"
-    return Exchange(int(match.group(1)), headers, body, raw)
+    return Exchange(status, headers, body, raw)
+
+
+def _parse_head(head: bytes) -> tuple[int, list[tuple[bytes, bytes]]]:
+    """The status and header fields (names lower-cased) of an HTTP/1.1 head, checked."""
+    status_line, *lines = head.split(b"\r\n")
+    match = _STATUS_LINE.fullmatch(status_line)
+    assert match is not None, f"bad status line {status_line!r}"
+    headers: list[tuple[bytes, bytes]] = []
+    for line in lines:
+        parsed = _HEADER_LINE.fullmatch(line)
+        assert parsed is not None, f"bad header line {line!r}"
+        headers.append((parsed.group(1).lower(), parsed.group(2)))
+    return int(match.group(1)), headers
 
 
 def h2c_get(url: str, path: str) -> Exchange:
@@ -139,3 +146,24 @@ def h2c_get(url: str, path: str) -> Exchange:
                     ended = True
             sock.sendall(connection.data_to_send())
     return Exchange(status, headers, body, events=events)
+
+
+def http1_head_only(url: str, path: str, within: float = WAIT) -> tuple[Exchange, float]:
+    """GET ``path`` and read only the response's head, whose body may never come (an idle
+    stream); return it (no body) and the seconds it took. Fails after ``within`` seconds."""
+    started = time.monotonic()
+    deadline = started + within
+    with socket.create_connection(("127.0.0.1", _port(url)), timeout=within) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        raw = b""
+        while b"\r\n\r\n" not in raw:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                raise AssertionError(f"no complete head within {within}s: {raw!r}") from None
+            assert data, f"connection closed before the head was complete: {raw!r}"
+            raw += data
+        took = time.monotonic() - started
+    status, headers = _parse_head(raw.partition(b"\r\n\r\n")[0])
+    return Exchange(status, headers, b"", raw), took

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from examples.gateway.demo import Running, running, serve
 from examples.gateway.upstream import create_upstream_app
 
-from ._asgi import LOGGER
+from ._asgi import LOGGER, FakeUvicornServer
 
 
 # Every async test runs on both anyio backends, named explicitly.
@@ -28,6 +29,18 @@ def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     gc.collect()
     caplog.set_level(logging.INFO, logger=LOGGER)
     return caplog
+
+
+@pytest.fixture
+def uvicorn_like() -> Iterator[FakeUvicornServer]:
+    """A uvicorn-like server's SIGTERM handler, installed for the test: set its
+    ``should_exit`` to make the package notice the server's exit by polling."""
+    server = FakeUvicornServer()
+    previous = signal.signal(signal.SIGTERM, server.handle_exit)
+    try:
+        yield server
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # The gateway example on real servers (tests/test_gateway_*.py): one upstream and one

@@ -4,6 +4,7 @@ other message on as sent; direct ASGI calls record when and what is sent.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 
 import anyio
@@ -28,6 +29,7 @@ from ._asgi import (
     receive_disconnect_after,
     websocket_scope,
 )
+from ._expect import logged
 
 # --- construction -------------------------------------------------------------------------
 
@@ -73,7 +75,7 @@ def test_resolver_options_read_back_as_given_and_are_validated_when_assigned() -
     with pytest.raises(
         TypeError, match=r"^resolver must be an async callable taking the ASGI scope, got int$"
     ):
-        middleware.resolver = 1  # type: ignore[assignment]
+        middleware.resolver = 1
 
 
 # --- scopes it does not touch -------------------------------------------------------------
@@ -235,6 +237,40 @@ async def test_an_app_that_sends_nothing_gets_nothing_sent() -> None:
 
     recorder = await call(HeaderFirstMiddleware(app))
     assert recorder.messages == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("client_leaves", [False, True], ids=["sends-nothing", "client-left"])
+async def test_late_headers_no_head_took_are_named_at_the_end_unless_the_client_left(
+    client_leaves: bool, logs: pytest.LogCaptureFixture
+) -> None:
+    # Freed when the request ends, without the garbage collector: nothing of the request
+    # refers back to itself once the middleware is done with it.
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        late_headers().add("x-late", "1")
+        if client_leaves:
+            await send(START)
+            assert (await receive())["type"] == "http.disconnect"
+
+    gc.disable()
+    try:
+        await call(HeaderFirstMiddleware(app), receive=receive_disconnect_after(0))
+        reported = logged(logs)
+    finally:
+        gc.enable()
+    # Named at the end of the middleware's call; a client that left before any head got
+    # nothing at all, so its headers are not reported as lost.
+    assert reported == (
+        []
+        if client_leaves
+        else [
+            (
+                "WARNING",
+                "late headers ['x-late'] for / were never sent: the request ended before a "
+                "response head went out (the app raised, or sent no response)",
+            )
+        ]
+    )
 
 
 @pytest.mark.anyio

@@ -196,3 +196,46 @@ async def test_what_a_cancelled_app_sends_in_shielded_clean_up_is_dropped() -> N
     assert recorder.types == ["http.response.start", "http.response.body"]
     assert recorder.status == 500
     assert recorder.body == b"Internal Server Error"
+
+
+# --- a resolver that is not async -----------------------------------------------------------
+
+
+def _plain_resolver(scope: Scope) -> dict[str, str]:
+    return {"x-resolved": "1"}  # pragma: no cover - refused before any request
+
+
+def test_a_plain_function_as_resolver_is_refused_at_construction() -> None:
+    with pytest.raises(TypeError) as info:
+        HeaderFirstMiddleware(_noop_app, resolver=_plain_resolver)  # type: ignore[arg-type]
+    assert str(info.value) == (
+        "resolver must be an async callable taking the ASGI scope: _plain_resolver() is a "
+        "plain function, so awaiting what it returns fails on every request; declare it "
+        "`async def _plain_resolver(...)`"
+    )
+
+
+async def _noop_app(scope: Scope, receive: Receive, send: Send) -> None:
+    pass  # pragma: no cover
+
+
+@pytest.mark.anyio
+async def test_a_resolver_that_returns_no_awaitable_gives_500_saying_to_declare_it_async(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    finished: list[str] = []
+    middleware = HeaderFirstMiddleware(
+        _streaming_app(finished),
+        resolver=lambda scope: {"x-resolved": "1"},  # type: ignore[arg-type,return-value]
+    )
+    with caplog.at_level(logging.WARNING, logger="header_first_stream"), anyio.fail_after(5):
+        recorder = await call(middleware, http_scope(path="/p"))
+    assert recorder.status == 500
+    assert recorder.body == b"Internal Server Error"
+    assert finished == ["app ended"]
+    (record,) = caplog.records
+    assert (record.levelname, record.getMessage()) == ("ERROR", "header resolver failed for /p")
+    assert record.exc_info is not None
+    error = record.exc_info[1]
+    assert isinstance(error, TypeError)
+    assert str(error) == "resolver returned dict, not an awaitable: declare it `async def`"

@@ -382,10 +382,72 @@ def test_resolver_options_read_back_as_given_and_are_validated_when_assigned(
     with pytest.raises(ValueError, match=r"^resolver_timeout must be a positive number"):
         response.resolver_timeout = 0
     with pytest.raises(ValueError, match=r"^on_resolver_error must be 'error' or 'degrade'"):
-        response.on_resolver_error = "ignore"  # type: ignore[assignment]
+        response.on_resolver_error = "ignore"
     with pytest.raises(TypeError, match=r"^header_resolver must be an async callable, got str$"):
-        response.header_resolver = "x"  # type: ignore[assignment]
+        response.header_resolver = "x"
     assert response.resolver_timeout == 1  # a refused value changes nothing
+
+
+# --- a resolver that is not async -----------------------------------------------------
+
+
+def get_headers() -> dict[str, str]:
+    return {"x-late": "1"}  # pragma: no cover - refused before any request
+
+
+class Limiter:
+    def headers_for(self) -> dict[str, str]:
+        return {"x-late": "1"}  # pragma: no cover - refused before any request
+
+
+@pytest.mark.parametrize("cls", [HeaderFirstStreamingResponse, HeaderFirstEventSourceResponse])
+@pytest.mark.parametrize(
+    ("resolver", "name"), [(get_headers, "get_headers"), (Limiter().headers_for, "headers_for")]
+)
+def test_a_plain_function_as_resolver_is_refused_at_construction(
+    cls: type[HeaderFirstStreamingResponse], resolver: Any, name: str
+) -> None:
+    with pytest.raises(TypeError) as info:
+        cls(iter([]), header_resolver=resolver)
+    assert str(info.value) == (
+        f"header_resolver must be an async callable: {name}() is a plain function, so "
+        f"awaiting what it returns fails on every request; declare it `async def {name}(...)`"
+    )
+
+
+async def test_a_lambda_that_returns_a_coroutine_is_a_resolver() -> None:
+    resolver = resolver_of({"x-late": "1"})
+    response = HeaderFirstStreamingResponse(
+        iter([b"ok"]), media_type="text/plain", header_resolver=lambda: resolver()
+    )
+    recorder = await call(response)
+    assert recorder.headers == [TEXT, (b"x-late", b"1")]
+    assert recorder.body == b"ok"
+
+
+@pytest.mark.parametrize("policy", ["error", "degrade"])
+async def test_a_resolver_that_returns_no_awaitable_fails_saying_to_declare_it_async(
+    policy: Any, logs: pytest.LogCaptureFixture
+) -> None:
+    body = TrackedBody(b"ok")
+    response = HeaderFirstStreamingResponse(
+        body,
+        media_type="text/plain",
+        header_resolver=lambda: {"x-late": "1"},  # type: ignore[arg-type]
+        on_resolver_error=policy,
+    )
+    recorder = await call(response, http_scope(path="/p"))
+    if policy == "error":
+        assert sent(recorder) == plain_error(500, ERROR_500)
+        assert (body.pulls, body.closes) == (0, 1)
+        message = "header resolver failed for /p"
+    else:
+        assert recorder.headers == [TEXT]
+        assert recorder.body == b"ok"
+        message = "header resolver failed for /p; sending the response without its headers"
+    error = logged_exception(logs, message)
+    assert isinstance(error, TypeError)
+    assert str(error) == "header_resolver returned dict, not an awaitable: declare it `async def`"
 
 
 def test_constructor_keeps_starlette_positional_order() -> None:

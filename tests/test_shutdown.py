@@ -7,10 +7,9 @@ SIGTERM to a real uvicorn process.
 
 from __future__ import annotations
 
-import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -22,11 +21,12 @@ from header_first_stream import (
     HeaderFirstStreamingResponse,
     begin_shutdown,
 )
-from header_first_stream._lifeline import Side
+from header_first_stream._lifeline import Lifeline, Side
 from header_first_stream._shutdown import POLL_INTERVAL
 
 from ._asgi import (
     END,
+    FakeUvicornServer,
     Recorder,
     http_scope,
     receive_disconnect_after,
@@ -141,26 +141,6 @@ async def test_sse_starlettes_app_status_should_exit_ends_the_stream(
     assert log == ["finally"]
 
 
-class FakeUvicornServer:
-    """What sse-starlette and we look for: a SIGTERM handler bound to a ``should_exit``."""
-
-    def __init__(self) -> None:
-        self.should_exit = False
-
-    def handle_exit(self, sig: int, frame: object) -> None:  # pragma: no cover - not called
-        self.should_exit = True
-
-
-@pytest.fixture
-def uvicorn_like() -> Iterator[FakeUvicornServer]:
-    server = FakeUvicornServer()
-    previous = signal.signal(signal.SIGTERM, server.handle_exit)
-    try:
-        yield server
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 async def test_uvicorns_exit_flag_is_noticed_by_one_poll(uvicorn_like: FakeUvicornServer) -> None:
     log: list[str] = []
     response = HeaderFirstEventSourceResponse(endless(log), ping=0)
@@ -206,12 +186,16 @@ async def test_when_the_polling_stream_ends_another_takes_the_polling_over(
         await wait_until(lambda: logs == [["finally"]] * 3, POLL_INTERVAL + 0.5)
 
 
-async def test_a_stream_shorter_than_a_poll_interval_starts_no_polling() -> None:
+@pytest.mark.parametrize("cls", [HeaderFirstEventSourceResponse, HeaderFirstStreamingResponse])
+async def test_a_stream_shorter_than_a_poll_interval_starts_no_polling(cls: Any) -> None:
     from header_first_stream._shutdown import _watchers
 
-    response = HeaderFirstEventSourceResponse(endless([]), ping=0)
+    log: list[str] = []
+    options = {"ping": 0} if cls is HeaderFirstEventSourceResponse else {"end_on_shutdown": True}
+    response = cls(endless(log), **options)
     with anyio.fail_after(2):
         await response(http_scope(), receive_disconnect_after(0.1), Recorder())
+    assert log == ["finally"]  # the client left: the stream was cut off and closed
     watchers = _watchers()
     assert (watchers.polling, watchers.watching) == (None, {})
 
@@ -376,6 +360,6 @@ async def test_the_polling_skips_a_stream_that_is_being_stopped() -> None:
 
     stopping, open_ = _FakeWatch(stopped=True), _FakeWatch(stopped=False)
     watchers = _Watchers()
-    watchers.start_polling([stopping, open_])
+    watchers.start_polling(cast("list[Lifeline]", [stopping, open_]))
     assert (stopping.started, open_.started) == ([], ["_poll"])
     assert watchers.polling is not None

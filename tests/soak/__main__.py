@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import _chaos, _isolation, _wire_checks
+from . import _chaos, _churn, _isolation, _outer, _wire_checks
 from ._wire import Server
 
 SERVERS = ("uvicorn-httptools", "hypercorn", "hypercorn-trio")
-SCENARIOS = ("chaos", "isolation", "hostile", "faults", "slow")
+SCENARIOS = ("chaos", "isolation", "hostile", "faults", "slow", "outer", "shutdown")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +43,21 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="on a tree without the header rules of docs/headers.md (hop-by-hop names, "
         "size limits, own framing, stray CancelledError): report those cases, not assert",
+    )
+    parser.add_argument(
+        "--outer-requests",
+        type=int,
+        default=600,
+        help="requests of the outer-cancellation scenario, a share cancelled from outside",
+    )
+    parser.add_argument(
+        "--shutdown-clients", type=int, default=24, help="client threads churning streams"
+    )
+    parser.add_argument(
+        "--shutdown-churn-seconds",
+        type=float,
+        default=2.0,
+        help="seconds of churn before each shutdown notice (one round per notice)",
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--report", type=Path, help="also write the figures to this file")
@@ -71,6 +86,18 @@ def main(argv: list[str] | None = None) -> int:
                     result = _wire_checks.hostile(server, options.hygiene)
                 elif scenario == "faults":
                     result = _wire_checks.faults(server, options.fault_repeat, options.hygiene)
+                elif scenario == "outer":
+                    result = _outer.run(
+                        server, options.outer_requests, options.seed, options.concurrency
+                    )
+                elif scenario == "shutdown":  # on servers of its own: a notice is for good
+                    result = _churn.run(
+                        name,
+                        logs,
+                        options.seed,
+                        options.shutdown_clients,
+                        options.shutdown_churn_seconds,
+                    )
                 else:
                     result = _wire_checks.slow_reader(
                         server, options.slow_seconds, options.slow_normal_requests

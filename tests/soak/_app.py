@@ -1,8 +1,10 @@
 """The soak server's app: every response shape the library sends, instrumented.
 
-Runs in the server process (`tests.soak._server`). Counters are kept here and read by the
-runner through ``GET /_soak/counters``: what the client cannot see (a generator's
-``finally``, a resolver's cancellation, a head sent after one) is counted where it happens.
+Runs in the server process (`tests.soak._server`). Counters (`tests.soak._counters`) are
+read by the runner through ``GET /_soak/counters``: what the client cannot see (a
+generator's ``finally``, a resolver's cancellation, a head sent after one) is counted where
+it happens. The endpoints of the ``outer`` and ``shutdown`` scenarios are in
+`tests.soak._beside`.
 
 The `Tracker` around the whole app marks each request's start and end, so that a body
 generator can tell whether it was closed inside its request or later (by the garbage
@@ -14,9 +16,7 @@ from __future__ import annotations
 
 import gc
 import random
-import threading
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -37,9 +37,12 @@ from header_first_stream import (
     HeaderFirstEventSourceResponse,
     HeaderFirstMiddleware,
     HeaderFirstStreamingResponse,
+    begin_shutdown,
     late_headers,
 )
 
+from . import _beside
+from ._counters import COUNTERS
 from ._hostile import ROWS
 
 RESOLVER_TIMEOUT = 0.2
@@ -47,38 +50,6 @@ RESOLVER_TIMEOUT = 0.2
 
 CHUNK = b"x" * 1024
 ENDLESS_CHUNK = b"e" * 16384
-
-
-class Counters:
-    """Thread-safe counters (sync endpoints run in the thread pool)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.values: Counter[str] = Counter()
-        self.in_flight = 0
-
-    def add(self, name: str, amount: int = 1) -> None:
-        with self._lock:
-            self.values[name] += amount
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return {**self.values, "in_flight": self.in_flight}
-
-    def reset(self) -> None:
-        with self._lock:
-            self.values.clear()
-
-    def request_started(self) -> None:
-        with self._lock:
-            self.in_flight += 1
-
-    def request_ended(self) -> None:
-        with self._lock:
-            self.in_flight -= 1
-
-
-COUNTERS = Counters()
 
 
 @dataclass
@@ -141,6 +112,12 @@ class Tracker:
             gc.collect()
         elif action == "reset":
             COUNTERS.reset()
+        elif action == "begin-shutdown":  # the notice a server's shutdown hook gives
+            begin_shutdown()
+        elif action == "exit-flag":  # what sse-starlette's patched uvicorn exit handler sets
+            from sse_starlette.sse import AppStatus
+
+            AppStatus.should_exit = True
         response = JSONResponse({"counters": COUNTERS.snapshot(), "rss": rss_bytes()})
         await response(scope, receive, send)
 
@@ -462,6 +439,7 @@ def app() -> ASGIApp:
                 ),
                 Route("/endless/{kind}", endless),
                 Route("/small", small),
+                *_beside.routes(),
             ]
         )
     )
