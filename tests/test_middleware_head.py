@@ -5,9 +5,12 @@ other message on as sent; direct ASGI calls record when and what is sent.
 from __future__ import annotations
 
 import gc
+import weakref
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -239,6 +242,10 @@ async def test_an_app_that_sends_nothing_gets_nothing_sent() -> None:
     assert recorder.messages == []
 
 
+class _WeaklyReferenced(dict[str, Any]):
+    """A scope that a weak reference can watch being freed."""
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("client_leaves", [False, True], ids=["sends-nothing", "client-left"])
 async def test_late_headers_no_head_took_are_named_at_the_end_unless_the_client_left(
@@ -252,10 +259,17 @@ async def test_late_headers_no_head_took_are_named_at_the_end_unless_the_client_
             await send(START)
             assert (await receive())["type"] == "http.disconnect"
 
+    scope = _WeaklyReferenced(http_scope())
+    freed = weakref.ref(scope)
     gc.disable()
     try:
-        await call(HeaderFirstMiddleware(app), receive=receive_disconnect_after(0))
+        await call(HeaderFirstMiddleware(app), scope, receive_disconnect_after(0))
+        del scope
+        # Under trio, a hold timer's deferred start (`Lifeline.start_soon`) holds the
+        # request until the event loop's next pass, where it is dropped.
+        await anyio.lowlevel.checkpoint()
         reported = logged(logs)
+        assert freed() is None  # the scope, and its store with it
     finally:
         gc.enable()
     # Named at the end of the middleware's call; a client that left before any head got
