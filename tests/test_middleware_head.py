@@ -78,6 +78,11 @@ def test_resolver_options_read_back_as_given_and_are_validated_when_assigned() -
         middleware.resolver = 1
 
 
+def test_the_resolver_options_are_attributes_of_the_class_too() -> None:
+    for name in ("resolver", "resolver_timeout", "on_resolver_error"):
+        assert hasattr(HeaderFirstMiddleware, name), name
+
+
 # --- scopes it does not touch -------------------------------------------------------------
 
 
