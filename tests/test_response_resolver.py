@@ -389,6 +389,15 @@ def test_resolver_options_read_back_as_given_and_are_validated_when_assigned(
     assert response.resolver_timeout == 1  # a refused value changes nothing
 
 
+@pytest.mark.parametrize("cls", [HeaderFirstStreamingResponse, HeaderFirstEventSourceResponse])
+def test_the_resolver_options_are_attributes_of_the_class_too(
+    cls: type[HeaderFirstStreamingResponse],
+) -> None:
+    # As Starlette's `media_type`: introspection (hasattr, IDEs, doc tools) finds them.
+    for name in ("header_resolver", "resolver_timeout", "on_resolver_error"):
+        assert hasattr(cls, name), name
+
+
 # --- a resolver that is not async -----------------------------------------------------
 
 
