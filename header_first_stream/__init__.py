@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from ._headers import HeaderValidationError
 from ._install import install_middleware
-from ._late import LateHeaders, add_late_headers, late_headers
+from ._late import HasScope, LateHeaders, add_late_headers, late_headers
 from ._middleware import HeaderFirstMiddleware
 from ._normalize import HiddenParamsDict, get_additional_headers, normalize_response
 from ._response import HeaderFirstStreamingResponse
@@ -21,8 +21,11 @@ from ._shutdown import begin_shutdown
 from ._types import (
     ChunkHeaderResolver,
     EarlyErrorHandler,
+    EventHeaderResolver,
     HeaderResolver,
     HeaderSource,
+    HeaderValue,
+    ResolverErrorPolicy,
     ScopeHeaderResolver,
 )
 
@@ -34,13 +37,17 @@ __version__ = "0.1.0"
 __all__ = [  # and _LAZY_NAMES, below
     "ChunkHeaderResolver",
     "EarlyErrorHandler",
+    "EventHeaderResolver",
+    "HasScope",
     "HeaderFirstMiddleware",
     "HeaderFirstStreamingResponse",
     "HeaderResolver",
     "HeaderSource",
     "HeaderValidationError",
+    "HeaderValue",
     "HiddenParamsDict",
     "LateHeaders",
+    "ResolverErrorPolicy",
     "ScopeHeaderResolver",
     "__version__",
     "add_late_headers",

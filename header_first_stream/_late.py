@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from starlette.types import Scope
 
@@ -21,6 +21,7 @@ from ._types import HeaderSource, HeaderValue, RawHeaders
 __all__ = [
     "SCOPE_KEY",
     "CURRENT",
+    "HasScope",
     "LateHeaders",
     "add_late_headers",
     "end_without_head",
@@ -35,7 +36,10 @@ logger = logging.getLogger("header_first_stream")
 SCOPE_KEY = "header_first_stream.late_headers"
 
 
-class _HasScope(Protocol):
+@runtime_checkable
+class HasScope(Protocol):
+    """Anything that carries an ASGI scope: a Starlette or FastAPI `Request`, a `WebSocket`."""
+
     @property
     def scope(self) -> Scope: ...
 
@@ -122,7 +126,7 @@ class LateHeaders:
         """The headers added so far, as (name, value) pairs."""
         return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in self._raw]
 
-    def take(self) -> RawHeaders:
+    def take(self) -> list[tuple[bytes, bytes]]:
         """Mark the headers as sent and return them all (validated raw pairs)."""
         self._sent = True
         self._pending = []
@@ -174,7 +178,7 @@ _HEAD_SENT = object()
 CURRENT: ContextVar[LateHeaders] = ContextVar("header_first_stream.current")
 
 
-def late_headers(request: Scope | _HasScope | None = None) -> LateHeaders:
+def late_headers(request: Scope | HasScope | None = None) -> LateHeaders:
     """Return the late-headers store of a request.
 
     Headers added to it before the response head goes out are sent with the response by
@@ -224,7 +228,7 @@ def late_headers(request: Scope | _HasScope | None = None) -> LateHeaders:
 _missing_middleware_warned = False  # one WARNING per process, however many hooks call
 
 
-def add_late_headers(headers: HeaderSource, request: Scope | _HasScope | None = None) -> bool:
+def add_late_headers(headers: HeaderSource, request: Scope | HasScope | None = None) -> bool:
     """Add headers to the current request's response if that can be done; never raise.
 
     The form for hook, plugin and library authors, who cannot know whether the operator

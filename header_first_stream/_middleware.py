@@ -36,12 +36,11 @@ import anyio.lowlevel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._head import Prepared, decide_head
-from ._headers import DEFAULT_MAX_HEAD_SIZE, DEFAULT_MAX_HEADER_VALUE_SIZE
 from ._late import CURRENT, LateHeaders, head_taken_inside, late_headers
 from ._lifeline import Lifeline, Side
 from ._resolve import Option, ResolverOptions
 from ._scope import spec_at_least_2_4
-from ._types import AnyASGIApp, ResolverErrorPolicy, ScopeHeaderResolver
+from ._types import ResolverErrorPolicy, ScopeHeaderResolver
 
 __all__ = ["DEFAULT_HEAD_HOLD", "HeaderFirstMiddleware", "ScopeHeaderResolver"]
 
@@ -192,7 +191,7 @@ class HeaderFirstMiddleware:
             headers' names in ``Access-Control-Expose-Headers``, so that a browser's
             ``fetch()`` can read them; see above for where to put the middleware.
         head_hold_timeout: Seconds the app's head is held when no body message follows
-            it (default `DEFAULT_HEAD_HOLD`); ``None`` holds it until the first body
+            it (default 5); ``None`` holds it until the first body
             message, however long that takes.
 
     Raises:
@@ -201,10 +200,12 @@ class HeaderFirstMiddleware:
             is out of range.
     """
 
-    max_header_value_size: int = DEFAULT_MAX_HEADER_VALUE_SIZE
+    # The defaults are written out (`_headers.DEFAULT_MAX_*`, `DEFAULT_HEAD_HOLD`; a test pins
+    # them equal), so that the API reference shows the numbers, not private names.
+    max_header_value_size: int = 8192
     """Bytes one value of a head the middleware changed may hold (the app's values too)."""
 
-    max_head_size: int = DEFAULT_MAX_HEAD_SIZE
+    max_head_size: int = 16384
     """Bytes the headers of a head the middleware changed may hold (``name: value\\r\\n``)."""
 
     resolver = Option("resolver")
@@ -213,13 +214,13 @@ class HeaderFirstMiddleware:
 
     def __init__(
         self,
-        app: AnyASGIApp,
+        app: Callable[..., Awaitable[None]],  # any ASGI app, however its framework types it
         *,
         resolver: ScopeHeaderResolver | None = None,
         resolver_timeout: float | None = None,
         on_resolver_error: ResolverErrorPolicy = "error",
         expose_late_headers: bool = False,
-        head_hold_timeout: float | None = DEFAULT_HEAD_HOLD,
+        head_hold_timeout: float | None = 5.0,
     ) -> None:
         # Litestar, Quart and Falcon type their ASGI callables with narrower scopes and
         # messages than Starlette's `ASGIApp`; the middleware takes any of them as it is.

@@ -57,7 +57,6 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ._body import close_body, must_close
 from ._head import check_response_options, decide_head, decide_response_head
-from ._headers import DEFAULT_MAX_HEAD_SIZE, DEFAULT_MAX_HEADER_VALUE_SIZE
 from ._late import end_without_head
 from ._lifeline import Lifeline, Side
 from ._listen import listen, on_server_exit, wait_for_disconnect
@@ -158,10 +157,12 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             subclass that overrides ``stream_response`` asks for ``peek_first_chunk``.
     """
 
-    max_header_value_size: int = DEFAULT_MAX_HEADER_VALUE_SIZE
+    # The defaults are written out (`_headers.DEFAULT_MAX_*`; a test pins them equal), so
+    # that the API reference shows the numbers, not private names.
+    max_header_value_size: int = 8192
     """Bytes one header value may hold; a longer one is an invalid header."""
 
-    max_head_size: int = DEFAULT_MAX_HEAD_SIZE
+    max_head_size: int = 16384
     """Bytes the headers of the head may hold, counted as ``name: value\\r\\n`` each."""
 
     cleanup_timeout: float | None = 30.0

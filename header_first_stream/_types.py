@@ -9,6 +9,8 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 HeaderValue: TypeAlias = str | int
+"""A header value: a `str`, or an `int` sent as decimal text."""
+
 HeaderSource: TypeAlias = Mapping[str, HeaderValue] | Iterable[tuple[str, HeaderValue]]
 """Headers as a resolver may return them: a mapping, or (name, value) pairs."""
 
@@ -17,13 +19,16 @@ RawHeaders: TypeAlias = list[tuple[bytes, bytes]]
 HeaderResolver: TypeAlias = Callable[[], Awaitable[HeaderSource]]
 """An async callable, taking no arguments, that returns the late headers."""
 
-Chunk: TypeAlias = str | bytes | memoryview
-
 BYTES_TYPES = (bytes, memoryview)
 """For ``isinstance``, built once: ``bytes | memoryview`` builds a union on every call
 (~70 ns, a quarter of what raw ASGI costs per chunk)."""
 
-ChunkHeaderResolver: TypeAlias = Callable[[Chunk | None], Awaitable[HeaderSource]]
+Chunk: TypeAlias = str | bytes | memoryview
+
+# Written out, not `Chunk | None`: the API reference shows only public names.
+ChunkHeaderResolver: TypeAlias = Callable[
+    [str | bytes | memoryview | None], Awaitable[HeaderSource]
+]
 """With ``peek_first_chunk=True``: receives the first chunk (``None`` for an empty body)."""
 
 EarlyErrorHandler: TypeAlias = Callable[[Exception], Response | None]
@@ -40,6 +45,3 @@ EventHeaderResolver: TypeAlias = Callable[[Any], Awaitable[HeaderSource]]
 
 ResolverErrorPolicy: TypeAlias = Literal["error", "degrade"]
 """What a failed resolver leads to: an error response, or the response without its headers."""
-
-AnyASGIApp: TypeAlias = Callable[..., Awaitable[None]]
-"""Any ASGI app: frameworks type theirs more narrowly than `starlette.types.ASGIApp`."""

@@ -8,7 +8,8 @@ name what is broken:
 - a link to an anchor that does not exist;
 - an API reference directive for a name the package does not have;
 - a nav entry whose page is missing (the API page, deleted);
-- a page in docs/ that the nav leaves out.
+- a page in docs/ that the nav leaves out;
+- an include (``<!-- include: PATH -->``) of a file that does not exist.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_TIMEOUT = 300
-COPIED = ["mkdocs.yml", "docs", "header_first_stream", "CHANGELOG.md"]
+COPIED = [
+    "mkdocs.yml",
+    "docs",
+    "header_first_stream",
+    "CHANGELOG.md",
+    "scripts/_docs_hooks.py",
+    "examples/litellm_proxy/README.md",
+]
 
 
 def mkdocs_build(project: Path, site: Path) -> subprocess.CompletedProcess[str]:
@@ -75,6 +83,11 @@ BREAKAGES: list[tuple[str, Callable[[Path], None], str]] = [
     ),
     ("a missing API page", delete("docs/reference.md"), "reference.md"),
     ("a page left out of the nav", create("docs/orphan.md"), "orphan.md"),
+    (
+        "an include of a missing file",
+        append("docs/quickstart.md", "\n<!-- include: examples/no-such-file.md -->\n"),
+        "examples/no-such-file.md",
+    ),
 ]
 
 
@@ -95,6 +108,7 @@ def main() -> int:
                 if source.is_dir():
                     shutil.copytree(source, project / name)
                 else:
+                    (project / name).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(source, project / name)
             breaker(project)
             broken = mkdocs_build(project, project / "site")

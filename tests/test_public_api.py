@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import collections.abc
 import importlib.metadata
 import importlib.resources
 import inspect
+import typing
 
 import pytest
+from starlette.requests import Request
 
 import header_first_stream
 
+from ._asgi import http_scope
 from ._expect import run_python
 
 PUBLIC_DUNDERS = {"__version__"}
@@ -49,6 +53,21 @@ def test_star_import_gives_exactly_all_and_does_not_import_sse_starlette() -> No
         "assert 'sse_starlette' not in sys.modules, 'sse_starlette imported'\n"
     )
     run_python(script)
+
+
+def test_the_types_in_public_signatures_can_be_imported() -> None:
+    # Each appears in a signature on the API page (tests/test_docs_reference.py checks all).
+    from header_first_stream import (
+        EventHeaderResolver,
+        HasScope,
+        HeaderValue,
+        ResolverErrorPolicy,
+    )
+
+    assert typing.get_args(ResolverErrorPolicy) == ("error", "degrade")
+    assert typing.get_args(HeaderValue) == (str, int)
+    assert typing.get_origin(EventHeaderResolver) is collections.abc.Callable
+    assert isinstance(Request(http_scope()), HasScope)  # a runtime-checkable protocol
 
 
 def test_unknown_name_is_an_attribute_error() -> None:
