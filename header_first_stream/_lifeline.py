@@ -26,9 +26,9 @@ Invariants:
 3. One signal says "stop": `Lifeline.stop()` (the client left, the server exits), read as
    `Lifeline.stopped`. It cancels the response and every side task, as a task group's
    cancellation does, before the response's own clean-up runs.
-4. A side task's exception stops the response and is raised by `run` (with the
-   response's own, in a group), as a task group raises it; a cancellation from outside
-   propagates once every side task has finished.
+4. A side task's exception stops the response and is raised by `run` (alone, or in a
+   group with every other side task's and the response's own), as a task group raises
+   it; a cancellation from outside propagates once every side task has finished.
 
 `first_of` awaits one coroutine (a header resolver) unless the client leaves first: a
 lifeline whose side task is the listener, deferred, so a resolver that returns without
@@ -116,7 +116,7 @@ class Side:
 class Lifeline:
     """The side tasks of one response, and the cancel scope the response runs in."""
 
-    __slots__ = ("_closed", "_ended", "_error", "_on_asyncio", "_scope", "_sides", "stopped")
+    __slots__ = ("_closed", "_ended", "_errors", "_on_asyncio", "_scope", "_sides", "stopped")
 
     def __init__(self) -> None:
         self.stopped = False
@@ -125,7 +125,7 @@ class Lifeline:
         self._sides: list[Side] = []
         self._ended = False  # ending: deferred starts are dropped from now on
         self._closed = False  # ended: every side task finished
-        self._error: BaseException | None = None  # the first side task's exception
+        self._errors: list[BaseException] | None = None  # the side tasks' exceptions
 
     async def run(self, work: Callable[..., Awaitable[None]], *args: object) -> None:
         """Run ``work(self, *args)`` in this task; return once it and every side task ended."""
@@ -134,15 +134,15 @@ class Lifeline:
                 await work(self, *args)
         except BaseException as exc:
             await self._end()
-            error = self._error
-            if error is None:
+            errors = self._errors
+            if errors is None:
                 raise
-            if isinstance(exc, anyio.get_cancelled_exc_class()):
-                raise error from None
-            raise BaseExceptionGroup("errors in a response and beside it", [error, exc]) from None
+            if not isinstance(exc, anyio.get_cancelled_exc_class()):
+                errors.append(exc)  # the response's own, after what stopped it
+            raise _surfaced(errors) from None
         await self._end()
-        if self._error is not None:
-            raise self._error
+        if self._errors is not None:
+            raise _surfaced(self._errors)
 
     def start_soon(self, fn: Callable[..., Awaitable[object]], *args: object) -> Side:
         """Run ``fn(*args)`` beside the response from the loop's next pass, if it lasts."""
@@ -213,8 +213,10 @@ class Lifeline:
         except anyio.get_cancelled_exc_class():
             raise  # from outside (the event loop shutting down)
         except BaseException as exc:  # raised by `run`, as a task group raises it
-            if self._error is None:
-                self._error = exc
+            if self._errors is None:
+                self._errors = [exc]
+            else:
+                self._errors.append(exc)
             self.stop()
         finally:
             side.finished = True
@@ -239,6 +241,13 @@ class Lifeline:
                             assert side.waiter is not None
                             await side.waiter.wait()
         self._closed = True
+
+
+def _surfaced(errors: list[BaseException]) -> BaseException:
+    """What `Lifeline.run` raises: the one exception, or every one in a group."""
+    if len(errors) == 1:
+        return errors[0]
+    return BaseExceptionGroup("errors in a response and beside it", errors)
 
 
 async def first_of(

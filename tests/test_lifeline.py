@@ -350,6 +350,41 @@ async def test_a_side_task_and_the_work_failing_raise_both_in_a_group() -> None:
     assert info.value.exceptions == (side_error, work_error)
 
 
+@pytest.mark.parametrize("work_ends", [False, True], ids=["work-cancelled", "work-ended"])
+async def test_every_failing_side_task_is_raised_in_a_group_as_a_task_group_does(
+    work_ends: bool,
+) -> None:
+    # None is lost: a side task that fails in its clean-up (cancelled by another one's
+    # failure, or by the end) is raised with the other.
+    first, second = LookupError("side failed"), KeyError("clean-up failed")
+
+    async def failing() -> None:
+        await anyio.lowlevel.checkpoint()
+        raise first
+
+    async def failing_clean_up(error: Exception) -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            raise error
+
+    async def work(lifeline: Lifeline) -> None:
+        if work_ends:  # both fail once the work ended, in an order the loop decides
+            lifeline.start(failing_clean_up, first)
+            lifeline.start(failing_clean_up, second)
+            await anyio.lowlevel.checkpoint()
+        else:
+            lifeline.start(failing_clean_up, second)
+            lifeline.start(failing)
+            await anyio.sleep_forever()
+
+    with anyio.fail_after(5), pytest.raises(ExceptionGroup) as info:
+        await Lifeline().run(work)
+    assert info.value.message == "errors in a response and beside it"
+    raised = info.value.exceptions
+    assert raised == (first, second) or (work_ends and raised == (second, first))
+
+
 async def test_a_side_task_failing_in_its_clean_up_after_the_work_ended_is_raised() -> None:
     async def failing_clean_up() -> None:
         try:

@@ -21,7 +21,6 @@ from header_first_stream import HeaderFirstMiddleware, late_headers
 from header_first_stream._middleware import DEFAULT_HEAD_HOLD
 
 from ._asgi import (
-    END,
     START,
     Recorder,
     body,
@@ -32,7 +31,6 @@ from ._asgi import (
     sent,
     start,
 )
-from ._expect import logged
 
 pytestmark = pytest.mark.anyio
 
@@ -57,7 +55,7 @@ def test_a_hold_of_zero_or_more_seconds_or_none_is_accepted(seconds: float | Non
     assert HeaderFirstMiddleware(_noop_app, head_hold_timeout=seconds).head_hold_timeout == seconds
 
 
-@pytest.mark.parametrize("seconds", [-1, -0.001, float("nan"), True, False])
+@pytest.mark.parametrize("seconds", [-1, -0.001, float("nan"), True, False, "5"])
 def test_a_hold_below_zero_or_not_a_number_is_refused(seconds: float) -> None:
     with pytest.raises(ValueError) as info:
         HeaderFirstMiddleware(_noop_app, head_hold_timeout=seconds)
@@ -72,60 +70,6 @@ def test_a_hold_below_zero_or_not_a_number_is_refused(seconds: float) -> None:
 
 def _time_of(recorder: Recorder, message_type: str) -> float:
     return next(at for at, message in recorder.messages if message["type"] == message_type)
-
-
-async def test_an_idle_head_goes_out_after_the_hold_with_the_late_headers_known_by_then(
-    logs: pytest.LogCaptureFixture,
-) -> None:
-    added_late: list[bool] = []
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        late_headers().add("x-early", "1")
-        await send(START)
-        await anyio.sleep(IDLE)
-        added_late.append(late_headers().add("x-too-late", "2"))
-        await send(body(b"first", more=True))
-        await send(body(b"last"))
-
-    recorder = await call(HeaderFirstMiddleware(app, head_hold_timeout=HOLD))
-    assert sent(recorder) == [
-        start(200, [(b"x-own", b"1"), (b"x-early", b"1")]),
-        chunk(b"first"),
-        chunk(b"last", more=False),  # passed on as sent: no empty body added after it
-    ]
-    head_at = _time_of(recorder, "http.response.start")
-    assert HOLD <= head_at < IDLE / 2  # the hold's end, long before the body
-    assert _time_of(recorder, "http.response.body") >= IDLE
-    assert added_late == [False]
-    assert logged(logs) == [
-        (
-            "WARNING",
-            "late headers ['x-too-late'] for / were added after the response head was sent "
-            "and are not sent; add them before the response starts",
-        )
-    ]
-
-
-async def test_an_app_that_returns_after_the_timers_head_gets_its_body_completed() -> None:
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await send(START)
-        await anyio.sleep(IDLE)
-        await send(body(b"partial", more=True))  # and it returns without a final body
-
-    recorder = await call(HeaderFirstMiddleware(app, head_hold_timeout=HOLD))
-    assert sent(recorder) == [start(200, [(b"x-own", b"1")]), chunk(b"partial"), END]
-    assert _time_of(recorder, "http.response.start") < IDLE / 2
-
-
-async def test_an_app_that_returns_idle_after_the_timers_head_gets_an_empty_body() -> None:
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await send(START)
-        await anyio.sleep(IDLE)
-
-    recorder = await call(HeaderFirstMiddleware(app, head_hold_timeout=HOLD))
-    assert sent(recorder) == [start(200, [(b"x-own", b"1")]), END]
-    assert _time_of(recorder, "http.response.start") < IDLE / 2
-    assert _time_of(recorder, "http.response.body") >= IDLE
 
 
 async def test_without_a_hold_timeout_the_head_waits_for_the_first_body_however_long() -> None:

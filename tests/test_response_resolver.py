@@ -16,6 +16,7 @@ from starlette.responses import StreamingResponse
 
 from header_first_stream import (
     HeaderFirstEventSourceResponse,
+    HeaderFirstMiddleware,
     HeaderFirstStreamingResponse,
     late_headers,
 )
@@ -388,6 +389,15 @@ def test_resolver_options_read_back_as_given_and_are_validated_when_assigned(
     assert response.resolver_timeout == 1  # a refused value changes nothing
 
 
+@pytest.mark.parametrize("cls", [HeaderFirstStreamingResponse, HeaderFirstEventSourceResponse])
+def test_the_resolver_options_are_attributes_of_the_class_too(
+    cls: type[HeaderFirstStreamingResponse],
+) -> None:
+    # As Starlette's `media_type`: introspection (hasattr, IDEs, doc tools) finds them.
+    for name in ("header_resolver", "resolver_timeout", "on_resolver_error"):
+        assert hasattr(cls, name), name
+
+
 # --- a resolver that is not async -----------------------------------------------------
 
 
@@ -458,3 +468,13 @@ def test_constructor_keeps_starlette_positional_order() -> None:
     assert response.raw_headers == [(b"x-a", b"1"), TEXT]
     assert response.background is task
     assert response.cleanup_timeout == 30.0
+
+
+def test_the_resolver_options_read_on_the_class_are_their_descriptors() -> None:
+    # Documentation tools and `help()` read the attributes on the class: they get the
+    # descriptor (with its field), not an error; an instance reads the value it was given.
+    for cls in (HeaderFirstStreamingResponse, HeaderFirstMiddleware):
+        option = cls.resolver_timeout
+        assert type(option).__name__ == "Option" and option.field == "timeout"
+    response = HeaderFirstStreamingResponse(iter([b""]), resolver_timeout=2.5)
+    assert response.resolver_timeout == 2.5
