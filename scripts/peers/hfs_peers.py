@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -304,15 +304,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+# A wrapper, first: before the warnings plugin's wrapper applies the peer's warning filters,
+# which import the categories they name (MCP's name mcp.MCPDeprecationWarning, and importing
+# mcp imports its transports).
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> Generator[None]:
     # The options as parsed so far: Config.getoption answers only after this hook.
     known = early_config.known_args_namespace
-    if known.hfs_mode == "unmodified":
-        return
-    _substitute()
-    if known.hfs_mode == "middleware":
-        _wrap_every_app(known.peer)
+    if known.hfs_mode != "unmodified":
+        _substitute()
+        if known.hfs_mode == "middleware":
+            _wrap_every_app(known.peer)
+    return (yield)
 
 
 def _matches(nodeid: str, entry: str) -> bool:
