@@ -5,6 +5,11 @@ a child process of its own (uvicorn on asyncio for every framework; hypercorn's 
 worker for those that run on trio: FastAPI, Starlette, Litestar and Falcon. Django and
 Quart run on asyncio only). Every route is asked once by httpx, and its status, its late
 headers and its body are checked exactly.
+
+The two "FastAPI's own streaming" programs (`fastapi.sse` and JSON-lines generator
+endpoints) run the same way: behind the middleware, the header added inside the generator
+is in the head; with only the class substituted it is not, and the server logs one WARNING
+per request that names it.
 """
 
 from __future__ import annotations
@@ -85,3 +90,77 @@ def test_the_snippet_sends_its_late_headers_on_every_route(
         for name, value in late.items():
             assert response.headers.get_list(name) == [value], (path, name)
         assert response.content == body, path
+
+
+STREAMING = python_snippets(DOC, "FastAPI's own streaming, ")
+# path -> (content-type, body, headers other than the late ones)
+STREAMING_ROUTES = {
+    "/events": (
+        SSE_UTF8,
+        b'data: {"token":"hello"}\n\ndata: {"token":"world"}\n\n',
+        {"cache-control": "no-cache", "x-accel-buffering": "no"},
+    ),
+    "/lines": ("application/jsonl", b'{"token":"hello"}\n{"token":"world"}\n', {}),
+}
+SERVERS = ["uvicorn", "hypercorn-trio"]
+
+
+def test_fastapi_streaming_has_its_two_snippets() -> None:
+    assert sorted(STREAMING) == ["behind the middleware", "the class substituted"]
+
+
+def serve_streaming(
+    snippet: str, server: str, tmp_path: Path
+) -> tuple[dict[str, httpx.Response], str]:
+    """Each of the snippet's routes asked once, and the server's output after it stopped."""
+    module = "snippet_" + snippet.replace(" ", "_")
+    with (
+        serve_program(STREAMING[snippet], tmp_path, module, server) as url,
+        httpx.Client(timeout=WAIT) as client,
+    ):
+        responses = {path: client.get(url + path) for path in STREAMING_ROUTES}
+    return responses, (tmp_path / f"{module}.log").read_text(errors="replace")
+
+
+def check_streaming(responses: dict[str, httpx.Response], late: dict[str, list[str]]) -> None:
+    for path, (content_type, body, headers) in STREAMING_ROUTES.items():
+        response = responses[path]
+        assert response.status_code == 200, (path, response.text)
+        assert response.headers.get_list("content-type") == [content_type], path
+        for name, value in headers.items():
+            assert response.headers.get_list(name) == [value], (path, name)
+        for name, values in late.items():
+            assert response.headers.get_list(name) == values, (path, name)
+        assert response.content == body, path
+
+
+def too_late(path: str) -> str:
+    return (
+        f"late headers ['x-ratelimit-remaining-tokens'] for {path} were added after the "
+        "response head was sent and are not sent"
+    )
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_fastapi_streaming_behind_the_middleware_sends_the_generators_header(
+    server: str, tmp_path: Path
+) -> None:
+    responses, log = serve_streaming("behind the middleware", server, tmp_path)
+    check_streaming(
+        responses,
+        {"x-ratelimit-remaining-requests": ["41"], "x-ratelimit-remaining-tokens": ["99000"]},
+    )
+    assert "late headers" not in log
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_fastapi_streaming_with_the_class_substituted_refuses_the_generators_header(
+    server: str, tmp_path: Path
+) -> None:
+    responses, log = serve_streaming("the class substituted", server, tmp_path)
+    check_streaming(
+        responses,
+        {"x-ratelimit-remaining-requests": ["41"], "x-ratelimit-remaining-tokens": []},
+    )
+    for path in STREAMING_ROUTES:
+        assert log.count(too_late(path)) == 1, log
