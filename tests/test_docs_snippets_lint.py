@@ -24,6 +24,12 @@ PROGRAMS = {
         ).items()
     },
     **{
+        f"frameworks.md: FastAPI's own streaming, {name}": source
+        for name, source in python_snippets(
+            ROOT / "docs" / "frameworks.md", "FastAPI's own streaming, "
+        ).items()
+    },
+    **{
         f"hooks.md: {name}": source
         for name, source in python_snippets(ROOT / "docs" / "hooks.md", "Example: ").items()
     },
