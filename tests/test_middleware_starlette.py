@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from header_first_stream import HeaderFirstMiddleware, late_headers
 
-from ._asgi import call, header_values, http_scope
+from ._asgi import Recorder, call, header_values, http_scope
 
 # --- Starlette response classes, ASGI level -------------------------------------------------
 
@@ -209,3 +209,54 @@ async def test_sse_starlettes_event_source_response_carries_the_late_headers() -
     assert header_values(recorder, b"x-request-id") == [b"req-1"]
     assert header_values(recorder, b"x-in-generator") == [b"1"]
     assert recorder.body == b"data: hello\r\n\r\n"
+
+
+# --- an app's exception handler, and a stream that fails before its first chunk ----------
+
+
+def _failing_stream_app(handled: list[str]) -> FastAPI:
+    app = FastAPI()
+
+    @app.exception_handler(Exception)
+    async def on_error(request: FastAPIRequest, exc: Exception) -> JSONResponse:
+        handled.append(str(exc))
+        return JSONResponse({"error": str(exc)}, status_code=503)
+
+    async def body() -> AsyncIterator[bytes]:
+        raise RuntimeError("upstream down")
+        yield b""  # pragma: no cover - an async generator that fails at once
+
+    @app.get("/")
+    async def stream() -> StreamingResponse:
+        return StreamingResponse(body())
+
+    return app
+
+
+@pytest.mark.anyio
+async def test_added_inside_server_error_middleware_the_handlers_answer_is_sent() -> None:
+    # The held head never reached ServerErrorMiddleware, which calls the app's handler for
+    # Exception, sends its answer and raises on, as for any unhandled exception.
+    handled: list[str] = []
+    app = _failing_stream_app(handled)
+    app.add_middleware(HeaderFirstMiddleware)
+    recorder = Recorder()
+    with pytest.raises(RuntimeError, match="upstream down"):
+        await call(app, send=recorder)
+    assert handled == ["upstream down"]
+    assert recorder.status == 503
+    assert header_values(recorder, b"content-type") == [b"application/json"]
+    assert recorder.body == b'{"error":"upstream down"}'
+
+
+@pytest.mark.anyio
+async def test_wrapped_outside_server_error_middleware_the_handlers_answer_is_dropped() -> None:
+    # ServerErrorMiddleware saw the app's head go out (into the held head): it still calls
+    # the handler, but does not send its answer, and raises on; the middleware sends
+    # nothing, and the server answers its own 500 (docs/differences.md).
+    handled: list[str] = []
+    recorder = Recorder()
+    with pytest.raises(RuntimeError, match="upstream down"):
+        await call(HeaderFirstMiddleware(_failing_stream_app(handled)), send=recorder)
+    assert handled == ["upstream down"]
+    assert recorder.messages == []
