@@ -23,8 +23,9 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import MASTER_KEY, connections, litellm_proxy
-from .custom_auth import RPM_LIMIT, TPM_LIMIT
+from ..custom_auth import RPM_LIMIT, TPM_LIMIT
+from ..running import MASTER_KEY, litellm_proxy
+from .conftest import connections
 
 REQUESTS_PER_KEY = 3
 
@@ -93,7 +94,7 @@ def proxies(
     logs: Logs = {}
     for variant, callbacks in VARIANTS.items():
         directory = tmp_path_factory.mktemp(variant)
-        with litellm_proxy(directory, upstream_url, callbacks) as url:
+        with litellm_proxy(directory, upstream_url, callbacks, trace=True) as url:
             # The master key works too: the proxy is up with the config written for it.
             assert httpx.get(
                 f"{url}/v1/models", headers={"authorization": f"Bearer {MASTER_KEY}"}
