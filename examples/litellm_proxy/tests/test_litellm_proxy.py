@@ -136,7 +136,16 @@ def rate_limit_headers(exchange: Exchange) -> dict[str, list[str]]:
 _VOLATILE = re.compile(rb'"(id|item_id|created|created_at)":("[^"]*"|\d+)')
 
 
+# LiteLLM's keepalive pings (`litellm.anthropic_sse_ping_interval_seconds`, 15 s by default,
+# on /v1/messages streams): written whenever the stream is silent that long, including
+# before the first chunk, so a loaded machine gets one where an idle one does not. The
+# mock upstream's own ping (`{"type":"ping"}`, no space) is part of the body and stays.
+_KEEPALIVE_PINGS = (b'event: ping\ndata: {"type": "ping"}\n\n', b": ping\n\n")
+
+
 def normalized(body: bytes) -> bytes:
+    for ping in _KEEPALIVE_PINGS:
+        body = body.replace(ping, b"")
     return _VOLATILE.sub(rb'"\1":"~"', body)
 
 
