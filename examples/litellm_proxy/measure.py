@@ -93,13 +93,15 @@ def request(client: httpx.Client, shape: str) -> Sample:
 
 
 def coverage(sample: Sample) -> str:
+    """The status, how many of the limiter's four headers and of the upstream's three
+    came, and the gap between the head and the first body bytes."""
     limiter = sum(name.startswith("x-ratelimit-api_key-") for name in sample.headers)
-    upstream = sorted(
-        name
-        for name in sample.headers
-        if any(name == wanted or name.endswith(f"-{wanted}") for wanted in UPSTREAM_HEADERS)
+    upstream = sum(
+        any(name == wanted or name.endswith(f"-{wanted}") for name in sample.headers)
+        for wanted in UPSTREAM_HEADERS
     )
-    return f"{sample.status}: {limiter}/4 limiter" + (f"; {', '.join(upstream)}" if upstream else "")
+    gap = (sample.first_bytes - sample.head) * 1000
+    return f"{sample.status}; {limiter}/4; {upstream}/3; {gap:.1f} ms"
 
 
 def _ms(values: list[float]) -> str:
@@ -133,7 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for _ in range(args.warmup):
                         request(client, shape)
                     timed[setup][shape] = [request(client, shape) for _ in range(args.requests)]
-    print(f"\nLiteLLM {version('litellm')}; first request of each shape on a fresh proxy.\n")
+    print(
+        f"\nLiteLLM {version('litellm')}. The first request of each shape on a fresh proxy: "
+        "status; limiter's headers; upstream's headers; gap from head to first body bytes.\n"
+    )
     print("| shape | " + " | ".join(SETUPS) + " |")
     print("| --- |" + " --- |" * len(SETUPS))
     for shape in SHAPES:
