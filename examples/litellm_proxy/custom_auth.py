@@ -8,8 +8,8 @@ used.
 The limits make LiteLLM's v3 rate limiter (its default) count the key's requests and
 tokens and compute the ``x-ratelimit-api_key-*`` headers. ``default_estimated_output_tokens``
 makes the limiter reserve exactly what the mock upstream then reports as used (see
-``tests/test_litellm_proxy.py``, ``TOKENS_PER_REQUEST``), so the remaining-tokens counts do not depend on
-when LiteLLM settles a reservation after a response.
+``TOKENS_PER_REQUEST`` in ``tests/test_litellm_proxy.py``), so the remaining-tokens counts
+do not depend on when LiteLLM settles a reservation after a response.
 """
 
 from typing import Any

@@ -82,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as error:
         print(error, file=sys.stderr)
         return 1
-    setups = [("without the fix (LiteLLM alone)", ()), (f"with {FIXES[args.fix]}", (FIXES[args.fix],))]
+    fix = FIXES[args.fix]
+    setups = [("without the fix (LiteLLM alone)", ()), (f"with {fix}", (fix,))]
     counts: dict[str, tuple[int, int]] = {}
     with mock_upstream() as upstream, tempfile.TemporaryDirectory() as temporary:
         print(

@@ -24,9 +24,7 @@ def _heads(output: str) -> list[list[str]]:
 
 
 def _rate_limit_headers(head: list[str]) -> dict[str, str]:
-    return dict(
-        line.split(": ", 1) for line in head if line.lower().startswith("x-ratelimit-")
-    )
+    return dict(line.split(": ", 1) for line in head if line.lower().startswith("x-ratelimit-"))
 
 
 def test_the_command_shows_the_headers_without_and_with_the_fix() -> None:
@@ -40,7 +38,8 @@ def test_the_command_shows_the_headers_without_and_with_the_fix() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     heads = _heads(done.stdout)
     assert len(heads) == 4, done.stdout
-    for head, content_type in zip(heads, ["application/json", "text/event-stream"] * 2):
+    content_types = ["application/json", "text/event-stream"] * 2
+    for head, content_type in zip(heads, content_types, strict=True):
         assert head[0] == "HTTP/1.1 200 OK", head
         assert any(line.startswith(f"content-type: {content_type}") for line in head), head
     without_plain, without_stream, fixed_plain, fixed_stream = map(_rate_limit_headers, heads)
