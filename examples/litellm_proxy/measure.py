@@ -1,11 +1,13 @@
 """``python -m examples.litellm_proxy.measure``: what each fix covers, and what it costs.
 
 From the repository root, in an environment with LiteLLM (as `demo`). Starts the mock
-upstream and three LiteLLM proxies in front of it, one after the other (`running`):
-LiteLLM alone, with ``response_headers_callback.py`` (LiteLLM's own response-headers
-hook) and with ``header_first_callback.py`` (this library). Against each it sends every
-response shape, ``/v1/chat/completions`` and ``/v1/messages``, streaming and not, and
-the same to a model the upstream answers with ``429`` and its own rate-limit headers.
+upstream and three LiteLLM proxies in front of it (`running`): LiteLLM alone, with
+``response_headers_callback.py`` (LiteLLM's own response-headers hook) and with
+``header_first_callback.py`` (this library), all three at once. Against each it sends
+every response shape, ``/v1/chat/completions`` and ``/v1/messages``, streaming and not,
+and the same to a model the upstream answers with ``429`` and its own rate-limit headers;
+the timed requests go to each proxy in turn, so that the machine's load weighs on each
+alike.
 
 Prints two Markdown tables:
 
@@ -24,6 +26,7 @@ are LiteLLM's own overhead, and they move with the machine's load.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
@@ -114,27 +117,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m examples.litellm_proxy.measure", description=__doc__
     )
-    parser.add_argument("--requests", type=int, default=30)
+    parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args(argv)
     litellm_executable()
-    covered: dict[str, dict[str, str]] = {}
-    timed: dict[str, dict[str, list[Sample]]] = {}
-    with mock_upstream() as upstream, tempfile.TemporaryDirectory() as temporary:
+    covered: dict[str, dict[str, str]]
+    timed: dict[str, dict[str, list[Sample]]]
+    with (
+        mock_upstream() as upstream,
+        tempfile.TemporaryDirectory() as temporary,
+        contextlib.ExitStack() as stack,
+    ):
+        clients: dict[str, httpx.Client] = {}
         for number, (setup, callbacks) in enumerate(SETUPS.items()):
             directory = Path(temporary) / str(number)
             directory.mkdir()
-            print(f"# {setup} ...", flush=True)
-            with (
-                litellm_proxy(directory, upstream, callbacks) as url,
-                httpx.Client(base_url=url, timeout=60.0) as client,
-            ):
-                covered[setup] = {shape: coverage(request(client, shape)) for shape in SHAPES}
-                timed[setup] = {}
-                for shape in TIMED:
-                    for _ in range(args.warmup):
-                        request(client, shape)
-                    timed[setup][shape] = [request(client, shape) for _ in range(args.requests)]
+            print(f"# starting a proxy: {setup} ...", flush=True)
+            url = stack.enter_context(litellm_proxy(directory, upstream, callbacks))
+            clients[setup] = stack.enter_context(httpx.Client(base_url=url, timeout=60.0))
+        covered = {
+            setup: {shape: coverage(request(client, shape)) for shape in SHAPES}
+            for setup, client in clients.items()
+        }
+        # Round-robin over the proxies, so that the machine's load weighs on each alike.
+        timed = {setup: {shape: [] for shape in TIMED} for setup in SETUPS}
+        for shape in TIMED:
+            for number in range(args.warmup + args.requests):
+                for setup, client in clients.items():
+                    sample = request(client, shape)
+                    if number >= args.warmup:
+                        timed[setup][shape].append(sample)
     print(
         f"\nLiteLLM {version('litellm')}. The first request of each shape on a fresh proxy: "
         "status; limiter's headers; upstream's headers; gap from head to first body bytes.\n"
