@@ -124,7 +124,9 @@ class HeaderFirstMiddleware:
       body message: context variables the app set while handling the request are visible
       to it, and so are ``late_headers()``/``add_late_headers()`` without a request. So is
       the code of a streamed body up to its first chunk, which still runs while the head
-      is held (except context variables set in a sync endpoint's worker thread).
+      is held (except context variables set in a sync endpoint's worker thread). When
+      the hold expires instead, the resolver runs in the hold's timer, in a copy of the
+      context taken when the app sent its head: what the app set after that is not seen.
     - A head the middleware adds nothing to is passed on as the app built it. One it adds
       headers to keeps the app's own in their order, names lower-cased, so that a late
       header replaces the app's header of the same name whatever its case; only the
@@ -234,7 +236,9 @@ class HeaderFirstMiddleware:
         )
         self.expose_late_headers = expose_late_headers
         if head_hold_timeout is not None and (
-            isinstance(head_hold_timeout, bool) or not head_hold_timeout >= 0
+            isinstance(head_hold_timeout, bool)
+            or not isinstance(head_hold_timeout, (int, float))
+            or not head_hold_timeout >= 0
         ):
             raise ValueError(
                 "head_hold_timeout must be a number of seconds >= 0 or None (hold until the "

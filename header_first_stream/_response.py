@@ -103,8 +103,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
 
     A drop-in replacement for `starlette.responses.StreamingResponse` (same positional
     arguments); the options below are keyword-only. Without any of them it behaves like
-    Starlette's, except for the divergences listed in
-    ``docs/differences.md``.
+    Starlette's, except for the divergences listed in ``docs/differences.md``.
 
     Headers are merged in this order, a later source replacing every header of the same
     name: the response's own, the request's `late_headers`, then the resolver's (which may
@@ -157,8 +156,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             subclass that overrides ``stream_response`` asks for ``peek_first_chunk``.
     """
 
-    # The defaults are written out (`_headers.DEFAULT_MAX_*`; a test pins them equal), so
-    # that the API reference shows the numbers, not private names.
+    # `_headers.DEFAULT_MAX_*` written out (a test pins them), for the API reference.
     max_header_value_size: int = 8192
     """Bytes one header value may hold; a longer one is an invalid header."""
 
@@ -168,8 +166,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
     cleanup_timeout: float | None = 30.0
     """Seconds closing the body iterator may take before it is abandoned (logged)."""
 
-    # Options, as given to the constructor: the defaults here, set per request only when
-    # they differ. Each resolver option reads back from `_resolver_options`.
+    # Options as given: defaults here, set per request only when they differ.
     header_resolver = Option("resolver")
     resolver_timeout = Option("timeout")
     on_resolver_error = Option("policy")
@@ -283,8 +280,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             watch = receive if how is Listen.WHILE_RESOLVING else None
             prepared = await decide_response_head(self, scope, watch)
             if prepared is None:
-                # The client left while the head was held back: send nothing, and close
-                # the store, so that its headers are not reported as lost.
+                # The client left before the head: send nothing; its headers are not lost.
                 end_without_head(scope)
                 return
             if how is Listen.UNTIL_HEAD and listener is not None:
@@ -303,8 +299,6 @@ class HeaderFirstStreamingResponse(StreamingResponse):
                     self._iterating or self.body_iterator, self._sync_content, self.cleanup_timeout
                 )
 
-    # -- beside the response ---------------------------------------------------------------
-
     def _listens_to_the_end(self) -> bool:
         """Whether work lasts the whole response on every spec version (subclasses add)."""
         return self.end_on_shutdown
@@ -319,8 +313,6 @@ class HeaderFirstStreamingResponse(StreamingResponse):
     async def _wait_for_disconnect(self, receive: Receive, until: float = math.inf) -> bool:
         """The listener's wait: ``True`` once the client left, ``False`` at ``until``."""
         return await wait_for_disconnect(self.listen_for_disconnect, receive, until)
-
-    # -- the body ------------------------------------------------------------------------
 
     def _body(self) -> AsyncIterator[Any]:
         """The body iterator, started once and shared by the peek and the loop."""

@@ -55,7 +55,7 @@ def test_a_hold_of_zero_or_more_seconds_or_none_is_accepted(seconds: float | Non
     assert HeaderFirstMiddleware(_noop_app, head_hold_timeout=seconds).head_hold_timeout == seconds
 
 
-@pytest.mark.parametrize("seconds", [-1, -0.001, float("nan"), True, False])
+@pytest.mark.parametrize("seconds", [-1, -0.001, float("nan"), True, False, "5"])
 def test_a_hold_below_zero_or_not_a_number_is_refused(seconds: float) -> None:
     with pytest.raises(ValueError) as info:
         HeaderFirstMiddleware(_noop_app, head_hold_timeout=seconds)
