@@ -12,7 +12,7 @@ import re
 import pytest
 import yaml
 
-from .conftest import EXAMPLE
+from ..running import EXAMPLE
 from .test_litellm_proxy import VARIANTS
 
 _YAML_BLOCK = re.compile(r"```yaml\n(.*?)```", re.DOTALL)

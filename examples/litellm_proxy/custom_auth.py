@@ -1,10 +1,15 @@
-"""A DB-free ``custom_auth`` for the tests: every bearer token is a key with rpm/tpm limits.
+"""A DB-free ``custom_auth``: every bearer token is a key with rpm/tpm limits.
+
+``general_settings: custom_auth: custom_auth.user_api_key_auth`` in ``config.yaml``, for
+trying the example without a database; in production the keys come from LiteLLM's
+database (``/key/generate`` with ``rpm_limit`` and ``tpm_limit``) and this file is not
+used.
 
 The limits make LiteLLM's v3 rate limiter (its default) count the key's requests and
 tokens and compute the ``x-ratelimit-api_key-*`` headers. ``default_estimated_output_tokens``
 makes the limiter reserve exactly what the mock upstream then reports as used (see
-`test_litellm_proxy.TOKENS_PER_REQUEST`), so the remaining-tokens counts do not depend on
-when LiteLLM settles a reservation after a response.
+``TOKENS_PER_REQUEST`` in ``tests/test_litellm_proxy.py``), so the remaining-tokens counts
+do not depend on when LiteLLM settles a reservation after a response.
 """
 
 from typing import Any
