@@ -81,8 +81,10 @@ def _child(key: str, spec: str, streams: int) -> dict[str, Any]:
         await anyio.sleep_forever()
         raise AssertionError("unreachable")
 
+    app = make(1, parking)  # one app, as a server has: what is measured is the streams
+
     async def stream() -> None:
-        await make(1, parking)(http_scope(spec_version=spec, state={}), receive, send)
+        await app(http_scope(spec_version=spec, state={}), receive, send)
 
     async def open_streams(group: anyio.abc.TaskGroup, count: int) -> None:
         # In batches, each parked before the next opens: what is measured is what an

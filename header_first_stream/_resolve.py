@@ -135,6 +135,18 @@ class ResolverOptions(NamedTuple, Generic[R]):
             TypeError: ``resolver`` is not callable.
             ValueError: ``timeout`` or ``policy`` is out of range.
         """
+        last = _last_checked[0]
+        if (
+            last is not None
+            and last.resolver is resolver
+            and last.timeout is timeout
+            and last.policy is policy
+            and last.option is option
+            and last.takes is takes
+        ):
+            # The options of the last response again (an endpoint builds one per request):
+            # checked already, and shared, so an open stream does not hold a copy.
+            return last
         taking = "" if takes is None else f" taking {takes}"
         if resolver is not None and not callable(resolver):
             raise TypeError(
@@ -149,7 +161,8 @@ class ResolverOptions(NamedTuple, Generic[R]):
             )
         if policy not in ("error", "degrade"):
             raise ValueError(f"on_resolver_error must be 'error' or 'degrade', got {policy!r}")
-        return cls(resolver, timeout, policy, option, takes)
+        options = _last_checked[0] = cls(resolver, timeout, policy, option, takes)
+        return options
 
     def replaced(self, **changes: Any) -> ResolverOptions[R]:
         """These options with ``changes`` (``resolver``, ``timeout``, ``policy``), validated."""
@@ -212,6 +225,11 @@ class ResolverOptions(NamedTuple, Generic[R]):
                 return []
             logger.exception("header resolver failed for %s", path)
             return Failed(500, "Internal Server Error")
+
+
+# The options `ResolverOptions.checked` returned last (immutable, so shared safely; it keeps
+# at most one resolver alive).
+_last_checked: list[ResolverOptions[Any] | None] = [None]
 
 
 class Option:

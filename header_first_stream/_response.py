@@ -34,8 +34,9 @@ peek, an overridden `stream_response`); only while a resolver waits at 2.4 (`fir
 that returns at once starts nothing); never for a websocket denial or when nothing waits.
 
 Hooks for the SSE class (Starlette's public extension points are in the class docstring):
-`_send_body(send, first_chunk)` sends the body after the head; `_encode_first(chunk)`
-encodes a peeked chunk as `_send_body` does; `_wait_for_disconnect(receive, until)` is the
+`_send_body(send, first_chunk)`, if defined, sends the body after the head (this class
+sends its own in `_respond`, one coroutine less per open stream); `_encode_first(chunk)`
+encodes a peeked chunk as the body is encoded; `_wait_for_disconnect(receive, until)` is the
 listener's wait; `_listens_to_the_end()` and `_start_tasks(lifeline)` add work beside the
 whole response.
 """
@@ -44,7 +45,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import suppress
 from typing import Any
 
@@ -92,6 +93,19 @@ def _deny_websocket(send: Send) -> Send:
         await send(message)
 
     return wrapped
+
+
+def _listening(response: HeaderFirstStreamingResponse, scope: Scope) -> Listen:
+    """How long ``response`` listens for the client leaving on this request."""
+    if scope["type"] == "websocket":
+        return Listen.NEVER
+    if not spec_at_least_2_4(scope) or response._listens_to_the_end():
+        return Listen.TO_THE_END
+    if response.peek_first_chunk or response._own_stream_response:
+        return Listen.UNTIL_HEAD  # the body is entered before the head
+    if response._resolver_options.resolver is not None:
+        return Listen.WHILE_RESOLVING
+    return Listen.NEVER
 
 
 class _Answered(Exception):
@@ -184,6 +198,9 @@ class HeaderFirstStreamingResponse(StreamingResponse):
     _ending = False  # the final body message is being sent: the listener must not cut it
     _polls_later = False  # it watches the server's exit (the listener starts the polling)
     _own_stream_response = False  # per subclass: it frames the body in `stream_response`
+    # A subclass that frames the body itself (the SSE class) defines it as
+    # ``async def _send_body(self, send, first_chunk)``: the peeked chunk, the rest, the end.
+    _send_body: Callable[[Send, bytes | memoryview | None], Awaitable[None]] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -232,7 +249,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
     _resolver_options: ResolverOptions[HeaderResolver | ChunkHeaderResolver]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        listening = self._listening(scope)
+        listening = _listening(self, scope)
         try:
             if listening is Listen.NEVER or listening is Listen.WHILE_RESOLVING:
                 await self._respond(None, scope, receive, send, listening)
@@ -248,17 +265,6 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             raise ClientDisconnect() from exc
         if self.background is not None:
             await self.background()
-
-    def _listening(self, scope: Scope) -> Listen:
-        if scope["type"] == "websocket":
-            return Listen.NEVER
-        if not spec_at_least_2_4(scope) or self._listens_to_the_end():
-            return Listen.TO_THE_END
-        if self.peek_first_chunk or self._own_stream_response:
-            return Listen.UNTIL_HEAD  # the body is entered before the head
-        if self._resolver_options.resolver is not None:
-            return Listen.WHILE_RESOLVING
-        return Listen.NEVER
 
     async def _respond(
         self, lifeline: Lifeline | None, scope: Scope, receive: Receive, send: Send, how: Listen
@@ -277,8 +283,9 @@ class HeaderFirstStreamingResponse(StreamingResponse):
                 with suppress(_Answered):
                     await self.stream_response(_HeldHeadSend(self, scope, send, listener))
                 return
-            watch = receive if how is Listen.WHILE_RESOLVING else None
-            prepared = await decide_response_head(self, scope, watch)
+            prepared = await decide_response_head(
+                self, scope, receive if how is Listen.WHILE_RESOLVING else None
+            )
             if prepared is None:
                 # The client left before the head: send nothing; its headers are not lost.
                 end_without_head(scope)
@@ -291,7 +298,25 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             elif prepared.body_ended or is_head(scope):
                 await self._send_last(send, b"")
             else:
-                await self._send_body(send, prepared.first_chunk)
+                first_chunk = prepared.first_chunk
+                del prepared  # its head is the server's now: an open stream keeps none of it
+                if self._send_body is not None:  # a subclass frames its body (the SSE class)
+                    await self._send_body(send, first_chunk)
+                    return
+                # The body, here rather than in a method: one coroutine less per open stream.
+                if first_chunk is not None:
+                    await send(
+                        {"type": "http.response.body", "body": first_chunk, "more_body": True}
+                    )
+                # The per-chunk loop: keep it as lean as Starlette's own.
+                charset = self.charset
+                async for chunk in self._body():
+                    if not isinstance(chunk, BYTES_TYPES):
+                        chunk = chunk.encode(charset)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                self._exhausted = True
+                self._ending = True  # `_send_last`, inline: one coroutine less per response
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             stop_tasks()
             if must_close(self._iterating, self._exhausted, self._sync_content):
@@ -327,20 +352,6 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         # that very send half-way, leaving the socket open.
         self._ending = True
         await send({"type": "http.response.body", "body": body, "more_body": False})
-
-    async def _send_body(self, send: Send, first_chunk: bytes | memoryview | None) -> None:
-        """Send the body after the head: the peeked chunk (if any), the rest, the end."""
-        if first_chunk is not None:
-            await send({"type": "http.response.body", "body": first_chunk, "more_body": True})
-        # The per-chunk loop: keep it as lean as Starlette's own.
-        charset = self.charset
-        async for chunk in self._body():
-            if not isinstance(chunk, BYTES_TYPES):
-                chunk = chunk.encode(charset)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        self._exhausted = True
-        self._ending = True  # `_send_last`, inline: one coroutine less per response
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _encode_first(self, chunk: Any) -> bytes | memoryview:
         """Encode the peeked first chunk; a subclass that encodes differently overrides it."""
