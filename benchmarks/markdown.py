@@ -190,7 +190,7 @@ def markdown(run: Run, chart_name: str) -> str:
         "",
         "What `header_first_stream` costs, against a raw ASGI app (the floor) and the classes "
         "it replaces, every figure next to the same measurement of Starlette taken in the same "
-        "run. The machine is shared and noisy (other people's test runs were going on), so "
+        "run. The machine may be shared with other jobs (its load average is given below), so "
         "read the ratios, taken between samples of the same interleaved round, rather than "
         "the absolute figures.",
         "",

@@ -88,6 +88,20 @@ async def loop_passes(count: int) -> None:
         await anyio.lowlevel.checkpoint()
 
 
+async def the_polling_stream_and_the_next_ended(group: TaskGroup, passes: int, how: str) -> Stream:
+    """Open three streams that live past a poll interval (one of them polls the server's
+    exit flag); end the first, and the second ``passes`` loop passes later (``how``), while
+    the watching is handed on; return the third, still open."""
+    first, second, third = await opened(group, 3)
+    await anyio.sleep(POLL_INTERVAL * 1.3)
+    first.end("body ends")
+    await loop_passes(passes)
+    second.end(how)
+    await first.returned.wait()
+    await second.returned.wait()
+    return third
+
+
 async def all_returned(streams: list[Stream], within: float) -> None:
     with anyio.fail_after(within):
         for stream in streams:
@@ -130,13 +144,7 @@ async def test_the_notice_reaches_every_stream_after_the_polling_one_and_the_nex
     # opens. Both still open get the notice.
     with anyio.fail_after(10):
         async with anyio.create_task_group() as group:
-            first, second, third = await opened(group, 3)
-            await anyio.sleep(POLL_INTERVAL * 1.3)
-            first.end("body ends")
-            await loop_passes(passes)
-            second.end(how)
-            await first.returned.wait()
-            await second.returned.wait()
+            third = await the_polling_stream_and_the_next_ended(group, passes, how)
             (fourth,) = await opened(group, 1)
             begin_shutdown()
             await all_returned([third, fourth], PROMPTLY)
@@ -149,13 +157,7 @@ async def test_the_servers_exit_flag_is_still_polled_after_the_polling_streams_e
 ) -> None:
     with anyio.fail_after(10):
         async with anyio.create_task_group() as group:
-            first, second, third = await opened(group, 3)
-            await anyio.sleep(POLL_INTERVAL * 1.3)
-            first.end("body ends")
-            await loop_passes(passes)
-            second.end("body ends")
-            await first.returned.wait()
-            await second.returned.wait()
+            third = await the_polling_stream_and_the_next_ended(group, passes, "body ends")
             uvicorn_like.should_exit = True
             await all_returned([third], POLL_INTERVAL + PROMPTLY)
     assert third.cut_off
