@@ -117,7 +117,7 @@ def test_every_name_of_ours_that_the_page_renders_is_public() -> None:
 
 def test_the_defaults_written_out_for_the_page_are_the_private_constants() -> None:
     parameters = inspect.signature(HeaderFirstMiddleware).parameters
-    assert parameters["head_hold_timeout"].default == DEFAULT_HEAD_HOLD == 5.0
+    assert parameters["head_hold_timeout"].default == DEFAULT_HEAD_HOLD == 1.0
     for component in (HeaderFirstStreamingResponse, HeaderFirstMiddleware):
         assert component.max_header_value_size == DEFAULT_MAX_HEADER_VALUE_SIZE
         assert component.max_head_size == DEFAULT_MAX_HEAD_SIZE

@@ -46,7 +46,7 @@ async def _noop_app(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def test_the_default_hold_is_five_seconds() -> None:
-    assert DEFAULT_HEAD_HOLD == 5.0
+    assert DEFAULT_HEAD_HOLD == 1.0
     assert HeaderFirstMiddleware(_noop_app).head_hold_timeout == DEFAULT_HEAD_HOLD
 
 
