@@ -70,8 +70,13 @@ def _steps() -> dict[str, Callable[[], Awaitable[object]]]:
     async def resolver_alone() -> None:
         await noop_resolver()
 
-    async def resolver_watched() -> None:
-        await first_of(noop_resolver(), _listen_forever)
+    code = noop_resolver.__code__  # learned after its first call: it steps safely
+
+    async def resolver_stepped() -> None:
+        await first_of(noop_resolver(), _listen_forever, code=code)
+
+    async def resolver_scoped() -> None:
+        await first_of(noop_resolver(), _listen_forever, code=code, eager=False)
 
     return {
         "Starlette `StreamingResponse`, whole response": lambda: whole(starlette),
@@ -79,7 +84,12 @@ def _steps() -> dict[str, Callable[[], Awaitable[object]]]:
         "ours with a no-op resolver, whole response": lambda: whole(resolved),
         "the head decided (own headers checked, size, late-headers store)": head_rules,
         "a no-op resolver awaited alone": resolver_alone,
-        "the same resolver awaited while the client is watched (`first_of`)": resolver_watched,
+        "the same resolver stepped once, returning at once (`first_of`: no scope, no listener)": (
+            resolver_stepped
+        ),
+        "the same resolver run inside a scope, the listener armed (`first_of(eager=False)`)": (
+            resolver_scoped
+        ),
         "an anyio cancel scope entered and left": scope,
     }
 

@@ -60,6 +60,8 @@ def chart(run: Run, path: Path) -> None:
                 values.append(summary([value / base for value in mine]))
         panels.append(("memory per open stream (× Starlette)", labels, values))
 
+    if not panels:  # only the breakdown ran: it is a table, not a chart
+        return
     heights = [max(len(labels), 3) for _, labels, _ in panels]
     figure, axes = plt.subplots(
         len(panels),

@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None, progress: Callable[[str], None] = _p
     )
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    chart(run, out / "benchmarks.png")
+    chart(run, out / "benchmarks.png")  # nothing to draw if only the breakdown ran
     (out / "benchmarks.md").write_text(markdown(run, "benchmarks.png") + "\n")
     progress(f"wrote {out / 'benchmarks.md'} and {out / 'benchmarks.png'}")
     for check in checks(run):

@@ -11,14 +11,41 @@ from __future__ import annotations
 
 import logging
 import types
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any, Protocol
 
 import anyio
 import anyio.to_thread
 
-__all__ = ["close_body", "must_close"]
+__all__ = ["Body", "close", "started"]
 
 logger = logging.getLogger("header_first_stream")
+
+
+class Body(Protocol):
+    """A response's body as this module reads it (`HeaderFirstStreamingResponse`)."""
+
+    cleanup_timeout: float | None
+    _iterating: AsyncIterator[Any] | None
+    _exhausted: bool  # the iterator ended by itself
+    _sync_content: object  # a sync iterable Starlette wrapped, to close it too
+
+    @property
+    def body_iterator(self) -> AsyncIterable[Any]: ...
+
+
+def started(body: Body) -> AsyncIterator[Any]:
+    """The body iterator, started once and shared by the peek and the loop."""
+    if body._iterating is None:
+        body._iterating = aiter(body.body_iterator)
+    return body._iterating
+
+
+async def close(body: Body) -> None:
+    """Close the body unless it is closed already (`must_close`), within its timeout."""
+    if must_close(body._iterating, body._exhausted, body._sync_content):
+        iterator = body._iterating or body.body_iterator
+        await close_body(iterator, body._sync_content, body.cleanup_timeout)
 
 
 def must_close(iterating: object, exhausted: bool, sync_content: object) -> bool:

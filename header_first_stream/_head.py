@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator
 from typing import Any, NamedTuple, Protocol
 
 import anyio.lowlevel
 from starlette.types import Message, Receive, Scope
 
+from ._body import Body, started
 from ._errors import early_error_response, plain_error
 from ._headers import (
     HeaderValidationError,
@@ -37,7 +37,6 @@ from ._headers import (
     validate_own_headers,
 )
 from ._late import late_names, take_late_headers
-from ._lifeline import Stopped, first_of
 from ._resolve import Failed, ResolverOptions
 from ._scope import is_head
 from ._types import EarlyErrorHandler, RawHeaders
@@ -46,7 +45,7 @@ __all__ = [
     "EarlyError",
     "Limits",
     "Prepared",
-    "check_response_options",
+    "take_peek_options",
     "decide_head",
     "decide_response_head",
     "start_message",
@@ -64,7 +63,7 @@ class Limits(Protocol):
     max_head_size: int
 
 
-class _Response(Protocol):
+class _Response(Body, Protocol):
     """What a response's head decision reads (`HeaderFirstStreamingResponse`)."""
 
     status_code: int
@@ -74,9 +73,7 @@ class _Response(Protocol):
     peek_first_chunk: bool
     early_error_handler: EarlyErrorHandler | None
     _resolver_options: ResolverOptions[Any]
-    _exhausted: bool
 
-    def _body(self) -> AsyncIterator[Any]: ...
     def _encode_first(self, chunk: Any) -> bytes | memoryview: ...
     async def _wait_for_disconnect(self, receive: Receive, until: float = math.inf) -> bool: ...
 
@@ -102,10 +99,10 @@ class Prepared(NamedTuple):
     """The body ended during the peek, before its first chunk."""
 
 
-def check_response_options(
-    response: object, peek_first_chunk: bool, early_error_handler: object
+def take_peek_options(
+    response: _Response, peek_first_chunk: bool, early_error_handler: EarlyErrorHandler | None
 ) -> None:
-    """Raise TypeError/ValueError for a response's peek options that cannot work."""
+    """Set a response's peek options; TypeError/ValueError for ones that cannot work."""
     if early_error_handler is not None and not callable(early_error_handler):
         raise TypeError(
             "early_error_handler must be a callable taking the exception, "
@@ -122,6 +119,8 @@ def check_response_options(
             "itself, so peek_first_chunk=True cannot be honoured; peek in your "
             "stream_response, or do not override it"
         )
+    response.peek_first_chunk = peek_first_chunk
+    response.early_error_handler = early_error_handler
 
 
 def start_message(status: int, headers: RawHeaders) -> Message:
@@ -159,51 +158,77 @@ def decide_head(
             ``None`` for a response, inside every holder.
         expose: Add the late headers' names to ``access-control-expose-headers``.
     """
-    resolved = outcome if isinstance(outcome, list) else []
+    if not isinstance(outcome, list):  # the resolver failed, or the body did: answered
+        return _answered(scope, outcome, limits, outside)
+    resolved = outcome
     late, every_late = take_late_headers(scope, resolved, outside)
-    path = scope.get("path", "")
-    if isinstance(outcome, Failed):
-        prepared = _error(outcome.status, outcome.reason, every_late)
-    elif isinstance(outcome, EarlyError):
-        late = merge_headers(every_late, outcome.resolved)
-        status, headers, body = early_error_response(outcome.handler, outcome.exc, late, path)
-        prepared = Prepared(start_message(status, headers), body)
-    else:
-        names = late_names(scope) if expose else []  # `resolved`'s too: taken above
-        if owner is None and message is not None and not (late or resolved or names):
+    names = late_names(scope) if expose else []  # `resolved`'s too: taken above
+    added = late or resolved or names
+    size = -1  # the head's size, once known to be within `max_header_value_size`
+    if owner is None:
+        if message is not None and not added:
             return Prepared(message)  # nothing added: the app's head, as the app built it
-        prepared = _merged(scope, status, own, late, every_late, resolved, owner, names, message)
-    try:  # invariant 3, once per head, whichever head was decided
+        # An app's head gets its names lower-cased: a late header replaces one of any case.
+        headers = [(bytes(name).lower(), bytes(value)) for name, value in own]
+    else:
+        try:
+            size = validate_own_headers(own, owner, limits.max_header_value_size)
+        except HeaderValidationError:
+            logger.exception("invalid response header for %s", scope.get("path", ""))
+            return _within_caps(_error(500, "Internal Server Error", every_late), limits, scope)
+        headers = list(own)  # a list of its own: the component's headers stay its own
+    if added:
+        size = -1
+        if late:
+            headers = merge_headers(headers, late)
+        if resolved:
+            headers = merge_headers(headers, resolved)
+        if names:
+            headers = _with_exposed(headers, names)
+    try:  # invariant 3, once per head (measured already for own headers alone)
+        if not 0 <= size <= limits.max_head_size:
+            check_head_size(headers, limits.max_header_value_size, limits.max_head_size)
+    except HeaderValidationError:
+        logger.exception("response head too large for %s", scope.get("path", ""))
+        return _error(500, "Internal Server Error", [])
+    if message is None:
+        start: Message = {"type": "http.response.start", "status": status, "headers": headers}
+    else:
+        start = {**message, "status": status, "headers": headers}
+    # `Prepared(start)` without the named tuple's `__new__` in Python: once per response.
+    return tuple.__new__(Prepared, (start, None, None, False))
+
+
+def _answered(
+    scope: Scope, outcome: Failed | EarlyError, limits: Limits, outside: int | None
+) -> Prepared:
+    """The error response sent instead: a failed resolver's, or an early error's."""
+    _, every_late = take_late_headers(scope, [], outside)
+    if isinstance(outcome, Failed):
+        return _within_caps(_error(outcome.status, outcome.reason, every_late), limits, scope)
+    late = merge_headers(every_late, outcome.resolved)
+    path = scope.get("path", "")
+    status, headers, body = early_error_response(outcome.handler, outcome.exc, late, path)
+    return _within_caps(Prepared(start_message(status, headers), body), limits, scope)
+
+
+def _within_caps(prepared: Prepared, limits: Limits, scope: Scope) -> Prepared:
+    """``prepared``, or a bare ``500`` if its head is over a size cap (invariant 3)."""
+    try:
         check_head_size(
             prepared.start["headers"], limits.max_header_value_size, limits.max_head_size
         )
     except HeaderValidationError:
-        logger.exception("response head too large for %s", path)
+        logger.exception("response head too large for %s", scope.get("path", ""))
         return _error(500, "Internal Server Error", [])
     return prepared
 
 
-async def decide_response_head(
-    response: _Response, scope: Scope, watch: Receive | None
-) -> Prepared | None:
-    """A response's head: after its peek and its resolver; ``None`` if the client left.
-
-    ``watch``: listen on it while the resolver runs (`first_of`; ASGI spec 2.4, where no
-    listener runs beside the whole response).
-    """
-    if watch is not None:
-        try:
-            prepared = await first_of(
-                _prepare(response, scope), response._wait_for_disconnect, watch
-            )
-        except Stopped:
-            return None
-    elif not response.peek_first_chunk and response._resolver_options.resolver is None:
-        return _own(response, scope, [])  # nothing to wait for
-    else:
-        prepared = await _prepare(response, scope)
-    # Stopped, or cancelled, while the head was held back: send nothing, even if the
-    # resolver ended without noticing (a shielded scope, a worker thread).
+async def decide_response_head(response: _Response, scope: Scope) -> Prepared:
+    """A response's head, after its peek and its resolver (listened to by its lifeline)."""
+    prepared = await _prepare(response, scope)
+    # Cancelled while the head was held back: send nothing, even if the resolver ended
+    # without noticing (a shielded scope, a worker thread).
     await anyio.lowlevel.checkpoint_if_cancelled()
     return prepared
 
@@ -211,61 +236,36 @@ async def decide_response_head(
 async def _prepare(response: _Response, scope: Scope) -> Prepared:
     """Run the peek and the resolver; decide the head."""
     options = response._resolver_options
+    first_chunk: bytes | memoryview | None = None
+    outcome: RawHeaders | Failed | EarlyError
     if not response.peek_first_chunk or is_head(scope):
         # A resolver for the peek gets no chunk on HEAD, whose body is never read.
         args = (None,) if response.peek_first_chunk else ()
-        return _own(response, scope, await options.run(args, scope, response))
-    first_item: Any = None  # the first chunk as the iterator gave it, for the resolver
-    first_chunk: bytes | memoryview | None = None
-    early_error: Exception | None = None
-    try:
-        first_item = await anext(response._body())
-        first_chunk = response._encode_first(first_item)  # one that cannot be sent: early
-    except StopAsyncIteration:
-        response._exhausted = True
-    except Exception as exc:
-        early_error, first_item = exc, None  # the resolver sees no chunk of a failed body
-    resolved = await options.run((first_item,), scope, response)
-    outcome: RawHeaders | Failed | EarlyError = resolved
-    if early_error is not None and not isinstance(resolved, Failed):
-        outcome = EarlyError(early_error, response.early_error_handler, resolved)
-    prepared = _own(response, scope, outcome)
-    return prepared._replace(first_chunk=first_chunk, body_ended=response._exhausted)
-
-
-def _own(response: _Response, scope: Scope, outcome: RawHeaders | Failed | EarlyError) -> Prepared:
-    owner = type(response).__name__
-    return decide_head(
-        scope, response.status_code, response.raw_headers, outcome, response, owner=owner
-    )
-
-
-def _merged(
-    scope: Scope,
-    status: int,
-    own: RawHeaders,
-    late: RawHeaders,
-    every_late: RawHeaders,
-    resolved: RawHeaders,
-    owner: str | None,
-    exposed: list[bytes],
-    message: Message | None,
-) -> Prepared:
-    if owner is not None:
+        outcome = await options.run(args, scope, response)
+    else:
+        first_item: Any = None  # the first chunk as the iterator gave it, for the resolver
+        early_error: Exception | None = None
         try:
-            validate_own_headers(own, owner)
-        except HeaderValidationError:
-            logger.exception("invalid response header for %s", scope.get("path", ""))
-            return _error(500, "Internal Server Error", every_late)
-    # A list of its own: the component's headers stay the component's. An app's head gets
-    # its names lower-cased, so that a late header replaces one of any case.
-    base = list(own) if owner is not None else [(bytes(n).lower(), bytes(v)) for n, v in own]
-    headers = merge_headers(merge_headers(base, late), resolved)
-    if exposed:
-        headers = _with_exposed(headers, exposed)
-    if message is None:
-        return Prepared(start_message(status, headers))
-    return Prepared({**message, "status": status, "headers": headers})
+            first_item = await anext(started(response))
+            first_chunk = response._encode_first(first_item)  # one that cannot be sent: early
+        except StopAsyncIteration:
+            response._exhausted = True
+        except Exception as exc:
+            early_error, first_item = exc, None  # the resolver sees no chunk of a failed body
+        outcome = await options.run((first_item,), scope, response)
+        if early_error is not None and not isinstance(outcome, Failed):
+            outcome = EarlyError(early_error, response.early_error_handler, outcome)
+    prepared = decide_head(
+        scope,
+        response.status_code,
+        response.raw_headers,
+        outcome,
+        response,
+        owner=type(response).__name__,
+    )
+    if first_chunk is None and not response._exhausted:
+        return prepared
+    return prepared._replace(first_chunk=first_chunk, body_ended=response._exhausted)
 
 
 def _error(status: int, reason: str, late: RawHeaders) -> Prepared:

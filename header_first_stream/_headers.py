@@ -224,7 +224,15 @@ def merge_headers(base: RawHeaders, late: RawHeaders) -> RawHeaders:
     return [pair for pair in base if pair[0] not in names] + late
 
 
-def validate_own_headers(raw_headers: RawHeaders, response: str) -> None:
+# Own headers found valid (never a framing header, whose count matters): a header is checked
+# once, not on every response of an endpoint. Bounded (at most 4096 values of 256 bytes),
+# and emptied when full, so one-off values (a request id) do not crowd out the rest.
+_VALID_OWN: set[tuple[bytes, bytes]] = set()
+_VALID_OWN_SIZE = 4096
+_VALID_OWN_VALUE = 256
+
+
+def validate_own_headers(raw_headers: RawHeaders, response: str, max_value: int) -> int:
     """Validate the own headers of a streamed response; refuse framing that cannot hold.
 
     The server frames a stream (chunked, or by closing the connection). A stream of a known
@@ -232,9 +240,21 @@ def validate_own_headers(raw_headers: RawHeaders, response: str) -> None:
     `StreamingResponse` allows (the server then holds the body to it); a
     ``transfer-encoding``, a malformed ``content-length`` or several of them would frame
     the body twice or not at all (a server drops such a response without a word).
+
+    Returns the size of a head of these headers, as `check_head_size` counts it, or ``-1``
+    if a value is over ``max_value`` (measured in the same pass: once per response).
     """
     lengths = 0
-    for name, value in raw_headers:
+    size = 0
+    for pair in raw_headers:
+        length = len(pair[1])
+        size = -1 if length > max_value or size < 0 else size + len(pair[0]) + length + 4
+        try:
+            if pair in _VALID_OWN:  # the same headers on every response of an endpoint
+                continue
+        except TypeError:  # unhashable (a bytearray): checked each time
+            pass
+        name, value = pair
         _check(name, value)
         lowered = name.lower()
         if lowered == b"content-length":
@@ -242,6 +262,10 @@ def validate_own_headers(raw_headers: RawHeaders, response: str) -> None:
             if lengths == 1 and value.isdigit():
                 continue
         elif lowered != b"transfer-encoding":
+            if length <= _VALID_OWN_VALUE and type(value) is bytes and type(name) is bytes:
+                if len(_VALID_OWN) == _VALID_OWN_SIZE:
+                    _VALID_OWN.clear()  # mostly one-off values: start again
+                _VALID_OWN.add(pair)
             continue
         raise HeaderValidationError(
             f"invalid response header {name.decode('latin-1')}: "
@@ -249,6 +273,7 @@ def validate_own_headers(raw_headers: RawHeaders, response: str) -> None:
             "(give at most one content-length, of decimal digits, for a body of known "
             "size; never transfer-encoding)"
         )
+    return size
 
 
 # 1xx, 204 and 304 responses have no body, so no content-length to compute (RFC 9110

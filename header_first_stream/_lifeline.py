@@ -30,13 +30,22 @@ Invariants:
    group with every other side task's and the response's own), as a task group raises
    it; a cancellation from outside propagates once every side task has finished.
 
-`first_of` awaits one coroutine (a header resolver) unless the client leaves first: a
-lifeline whose side task is the listener, deferred, so a resolver that returns without
-waiting starts no task. The resolver runs inside the lifeline's anyio cancel scope, entered
-before it runs, so that the client leaving cancels it with its shields holding. (Stepping
-the resolver once before entering the scope would save the scope for one that returns at
-once, but a scope the resolver entered in that step, a timeout's or a task group's, would
-then be exited out of order; anyio has no public way to tell whether it did.)
+`step`, then `Pending.watched` (together: `first_of`), await one coroutine (a header
+resolver) unless the client leaves first, at the lowest cost: at ASGI spec 2.4 a cancel scope
+and a listener together cost more than a whole Starlette response. The client leaving must
+cancel the coroutine as anyio cancels, its shields holding, so it runs inside the lifeline's
+scope, with the listener beside it. That scope may be entered late, at the coroutine's first
+wait, only if no cancel scope of its own (a timeout's, a task group's, trio's `sleep`) is
+open there: it would be exited out of order. anyio has no public way to tell, so
+`_innermost_scope` reads it (the one place this package reads anyio's and trio's private
+state). The first call of a code runs inside the scope from its start, and teaches whether
+that code's calls can be stepped first: it returned without waiting, or its first wait had
+no scope of its own open (`_learn`, per backend). A stepped call that returns at once costs
+neither scope nor listener; one that waits is resumed inside the scope, entered at that
+wait. A stepped call whose first wait is, this time, inside a scope of its own cannot be
+held by the lifeline's scope: it is awaited to its end with the listener beside it, not
+cancelled (nothing is sent if the client left), and its code enters the scope first from
+then on.
 """
 
 from __future__ import annotations
@@ -44,12 +53,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import math
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any, Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
 
-__all__ = ["Lifeline", "Side", "Stopped", "cancel_requested", "first_of"]
+__all__ = ["Lifeline", "Pending", "Side", "Stopped", "cancel_requested", "first_of", "step"]
 
 T = TypeVar("T")
 
@@ -60,11 +71,16 @@ class Stopped(Exception):
 
 def _asyncio_task() -> asyncio.Task[Any] | None:
     """The running asyncio task; ``None`` under trio (even as a guest of asyncio's loop)."""
-    try:
-        return asyncio.current_task()
-    except RuntimeError:  # no asyncio event loop in this thread
-        return None
+    loop = asyncio._get_running_loop()
+    if loop is None:  # no asyncio event loop in this thread (trio): asked first, as
+        return None  # `current_task()` raises there, which costs more
+    return _current_task(loop)
 
+
+# `asyncio.current_task(loop)` is Python code up to 3.11, a lookup in this dict.
+_current_task: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = getattr(
+    getattr(asyncio.tasks, "_current_tasks", None), "get", asyncio.current_task
+)
 
 _SCOPE_CLASSES: dict[bool, type[anyio.CancelScope]] = {}
 
@@ -127,10 +143,19 @@ class Lifeline:
         self._closed = False  # ended: every side task finished
         self._errors: list[BaseException] | None = None  # the side tasks' exceptions
 
-    async def run(self, work: Callable[..., Awaitable[None]], *args: object) -> None:
-        """Run ``work(self, *args)`` in this task; return once it and every side task ended."""
+    async def run(
+        self, work: Callable[..., Awaitable[None]], *args: object, scoped: bool = True
+    ) -> None:
+        """Run ``work(self, *args)`` in this task; return once it and every side task ended.
+
+        ``scoped=False``: ``work`` runs outside the lifeline's scope, so `stop` does not
+        cancel it (`first_of`, for a call with a scope of its own already open).
+        """
         try:
-            with self._scope:
+            if scoped:
+                with self._scope:
+                    await work(self, *args)
+            else:
                 await work(self, *args)
         except BaseException as exc:
             await self._end()
@@ -250,31 +275,223 @@ def _surfaced(errors: list[BaseException]) -> BaseException:
     return BaseExceptionGroup("errors in a response and beside it", errors)
 
 
+# What was learned about the code of resolvers (`step`), per backend (the same code may
+# open a scope on one only: anyio's `sleep` is trio's, which opens one), by `id()`: ``True``
+# if its calls are stepped outside the lifeline's scope (a call returned without waiting,
+# or waited with no cancel scope of its own open), ``False`` once one waited inside a scope
+# of its own (they all enter the scope first from then on). A code object's hash is
+# computed anew each time, from all its parts: hence `id()`. An id reused by other code
+# makes that code enter the scope first, or be stepped and fall back as `step` says:
+# slower, not wrong. Emptied when full (code made at run time, by `exec`, could fill it).
+_LEARNED_ON_ASYNCIO: dict[int, bool] = {}
+_LEARNED_ON_TRIO: dict[int, bool] = {}
+_LEARNED_SIZE = 1024
+
+
+def _learned() -> dict[int, bool]:
+    """What was learned on this task's backend."""
+    return _LEARNED_ON_ASYNCIO if _asyncio_task() is not None else _LEARNED_ON_TRIO
+
+
+def _learn(code: object, steps: bool) -> None:
+    learned = _learned()
+    if len(learned) == _LEARNED_SIZE:
+        learned.clear()
+    if steps:
+        learned.setdefault(id(code), True)  # a scope seen once is never forgotten
+    else:
+        learned[id(code)] = False
+
+
+_UNREADABLE = object()  # `_innermost_scope` where private state cannot be read
+_PRIVATE: dict[str, Any] = {}  # per backend: what `_innermost_scope` reads, found once
+
+
+def _innermost_scope() -> object:
+    """This task's innermost cancel scope, as an opaque token to compare.
+
+    Private state of anyio's asyncio backend and of trio, read only here (pinned by
+    ``tests/test_first_of.py`` against the versions this package is tested with).
+    `_UNREADABLE` where it cannot be read: `first_of` then enters its scope first.
+    """
+    loop = asyncio._get_running_loop()
+    task = None if loop is None else _current_task(loop)
+    if task is not None:  # asyncio (not trio as a guest of its loop: no task there)
+        states = _PRIVATE["asyncio"] if "asyncio" in _PRIVATE else _find_private("asyncio")
+        if states is None:  # pragma: no cover - an anyio that keeps it elsewhere
+            return _UNREADABLE
+        state = states.get(weakref.ref(task))
+        return None if state is None else state.cancel_scope
+    current = _PRIVATE["trio"] if "trio" in _PRIVATE else _find_private("trio")
+    if current is None:  # pragma: no cover - a trio that keeps it elsewhere
+        return _UNREADABLE
+    return current()._cancel_status
+
+
+def _find_private(backend: str) -> Any:
+    """What `_innermost_scope` reads on ``backend``, or ``None`` if it is not there."""
+    found: Any = None
+    if backend == "asyncio":
+        from anyio._backends import _asyncio as anyio_asyncio
+
+        # The dict inside anyio's WeakKeyDictionary of task states, keyed by weak reference.
+        found = getattr(getattr(anyio_asyncio, "_task_states", None), "data", None)
+        if not isinstance(found, dict):  # pragma: no cover
+            found = None
+    else:
+        import trio
+
+        readable = hasattr(trio.lowlevel.current_task(), "_cancel_status")
+        found = trio.lowlevel.current_task if readable else None
+    _PRIVATE[backend] = found
+    return found
+
+
+def step(call: Coroutine[Any, Any, T], code: object = None, eager: bool = True) -> T | Pending[T]:
+    """Run ``call`` up to its first wait: its value if it returned, else a `Pending`.
+
+    Only code known to step safely is stepped here (``code``: what ``call`` runs, a
+    resolver's code object; module docstring). Other calls (``eager=False``, ``code``
+    unknown, ``None``, or seen opening a scope) are not stepped: a `Pending` that enters
+    the lifeline's scope before the call runs, and learns about ``code`` from that call.
+    """
+    if not eager or code is None or _learned().get(id(code)) is not True:
+        return Pending(call, _NOT_STEPPED, scoped=True, code=code)
+    before = _innermost_scope()  # readable: `_learn` was told so
+    try:
+        trap = call.send(None)
+    except StopIteration as done:  # it returned without waiting: nothing to watch
+        return done.value  # type: ignore[no-any-return]
+    scoped = _innermost_scope() is before
+    if not scoped:  # it stepped safely before, not this time: scope first from now on
+        _learn(code, False)
+    return Pending(call, trap, scoped=scoped)
+
+
+_NOT_STEPPED = object()  # `Pending`'s trap when the call has not run at all
+
+
+class Pending(Generic[T]):
+    """A call that waits (`step`): `watched` awaits the rest unless the client leaves."""
+
+    __slots__ = ("_call", "_code", "_scoped", "_trap")
+
+    def __init__(
+        self, call: Coroutine[Any, Any, T], trap: object, *, scoped: bool, code: object = None
+    ) -> None:
+        self._call = call
+        self._trap = trap  # what its first wait yielded, for the event loop
+        self._scoped = scoped  # the lifeline's scope can hold it (no scope of its own open)
+        self._code = code  # not stepped: what to learn about from this call
+
+    async def watched(self, listen: Callable[..., Awaitable[object]], *args: object) -> T:
+        """Await the call in this task, unless ``listen(*args)`` returns first.
+
+        A cancellation from outside that came while it waited is raised, even if the call
+        ended without noticing.
+
+        Raises:
+            Stopped: ``listen()`` returned first; the call was cancelled (or ended anyway).
+        """
+        result: list[T] = []
+        lifeline = Lifeline()
+        if self._trap is _NOT_STEPPED:  # the listener deferred: the call may not wait
+            await lifeline.run(_first_of, self._call, self._code, listen, args, result)
+        else:
+            resumed = _Resumed(self._call, self._trap)
+            await lifeline.run(_watched, resumed, listen, args, result, scoped=self._scoped)
+        if lifeline.stopped:
+            raise Stopped  # even if the call ended anyway (it swallowed the cancellation)
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        return result[0]
+
+
 async def first_of(
-    call: Awaitable[T], listen: Callable[..., Awaitable[object]], *args: object
+    call: Coroutine[Any, Any, T],
+    listen: Callable[..., Awaitable[object]],
+    *args: object,
+    code: object = None,
+    eager: bool = True,
 ) -> T:
-    """Await ``call`` in this task, unless ``listen(*args)`` returns first.
+    """Await ``call`` in this task, unless ``listen(*args)`` returns first (`step`, then
+    `Pending.watched`).
 
     Raises:
         Stopped: ``listen()`` returned first; ``call`` was cancelled (or ended anyway).
     """
-    result: list[T] = []
-    lifeline = Lifeline()
-    await lifeline.run(_first_of, call, listen, args, result)
-    if lifeline.stopped:
-        raise Stopped  # even if the call ended anyway (it swallowed the cancellation)
-    return result[0]
+    stepped = step(call, code, eager)
+    if isinstance(stepped, Pending):
+        return await stepped.watched(listen, *args)
+    return stepped
 
 
 async def _first_of(
     lifeline: Lifeline,
-    call: Awaitable[T],
+    call: Coroutine[Any, Any, T],
+    code: object,
     listen: Callable[..., Awaitable[object]],
     args: tuple[object, ...],
     result: list[T],
 ) -> None:
     lifeline.start_soon(_stop_when_returned, lifeline, listen, args)
+    if code is None:
+        result.append(await call)
+        return
+    # Stepped here, inside the lifeline's scope, to learn whether its calls can be stepped
+    # outside it: no scope of its own open at its first wait.
+    before = _innermost_scope()
+    readable = before is not _UNREADABLE
+    try:
+        trap = call.send(None)
+    except StopIteration as done:
+        _learn(code, readable)
+        result.append(done.value)
+        return
+    except BaseException:  # raised without waiting: stepping it would have been safe too
+        _learn(code, readable)
+        raise
+    _learn(code, readable and _innermost_scope() is before)
+    result.append(await _Resumed(call, trap))
+
+
+async def _watched(
+    lifeline: Lifeline,
+    call: _Resumed[T],
+    listen: Callable[..., Awaitable[object]],
+    args: tuple[object, ...],
+    result: list[T],
+) -> None:
+    lifeline.start(_stop_when_returned, lifeline, listen, args)  # the call waits: now
     result.append(await call)
+
+
+class _Resumed(Awaitable[T]):
+    """A coroutine stepped once, awaited from there: its pending wait first, then the rest."""
+
+    __slots__ = ("_call", "_trap")
+
+    def __init__(self, call: Coroutine[Any, Any, T], trap: object) -> None:
+        self._call = call
+        self._trap = trap
+
+    def __await__(self) -> Generator[Any, Any, T]:
+        call, trap = self._call, self._trap
+        while True:  # what `yield from` does, from a wait already begun
+            try:
+                sent = yield trap
+            except GeneratorExit:
+                call.close()
+                raise
+            except BaseException as exc:  # a cancellation, delivered at the wait
+                try:
+                    trap = call.throw(exc)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
+            else:
+                try:
+                    trap = call.send(sent)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
 
 
 async def _stop_when_returned(

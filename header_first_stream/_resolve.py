@@ -21,13 +21,13 @@ import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from types import FunctionType
+from types import CoroutineType, FunctionType
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, overload
 
 import anyio
 
 from ._headers import check_head_size, render_headers
-from ._lifeline import cancel_requested
+from ._lifeline import Pending, Stopped, cancel_requested, step
 from ._types import HeaderSource, RawHeaders, ResolverErrorPolicy
 
 if TYPE_CHECKING:
@@ -35,7 +35,14 @@ if TYPE_CHECKING:
 
     from ._head import Limits
 
-__all__ = ["Failed", "Option", "ResolverCancelledError", "ResolverOptions"]
+__all__ = [
+    "Failed",
+    "Option",
+    "ResolverCancelledError",
+    "ResolverOptions",
+    "Waiting",
+    "take_resolver_options",
+]
 
 logger = logging.getLogger("header_first_stream")
 
@@ -86,6 +93,14 @@ def _not_async(resolver: object) -> str | None:
     )
 
 
+def _code_of(resolver: object) -> object:
+    """The code a resolver runs: its function's (a bound method's, a partial's), else its type."""
+    function = getattr(resolver, "__func__", resolver)
+    while isinstance(function, functools.partial):
+        function = getattr(function.func, "__func__", function.func)
+    return getattr(function, "__code__", None) or type(function)
+
+
 class _Timeout(Exception):
     pass
 
@@ -110,6 +125,7 @@ class ResolverOptions(NamedTuple, Generic[R]):
     # For the error messages of `replaced`: the resolver argument's name, what it takes.
     option: str = "header_resolver"
     takes: str | None = None
+    code: object = None  # the resolver's code, which `first_of` remembers things about
 
     @classmethod
     def checked(
@@ -161,7 +177,8 @@ class ResolverOptions(NamedTuple, Generic[R]):
             )
         if policy not in ("error", "degrade"):
             raise ValueError(f"on_resolver_error must be 'error' or 'degrade', got {policy!r}")
-        options = _last_checked[0] = cls(resolver, timeout, policy, option, takes)
+        code = None if resolver is None else _code_of(resolver)
+        options = _last_checked[0] = cls(resolver, timeout, policy, option, takes, code)
         return options
 
     def replaced(self, **changes: Any) -> ResolverOptions[R]:
@@ -174,57 +191,164 @@ class ResolverOptions(NamedTuple, Generic[R]):
 
         Without a resolver, no headers. ``scope``'s path names the request in the log;
         ``limits`` (the caller's ``max_header_value_size`` and ``max_head_size``) cap the
-        headers. `Failed`
-        when it raised (a ``CancelledError`` too, when this task was not cancelled), timed
-        out, or returned an invalid, refused or oversized header (over ``max_value``
-        cap), and the policy is ``"error"`` (500, or 504 on timeout).
+        headers. `Failed` when it raised (a ``CancelledError`` too, when this task was not
+        cancelled), timed out, or returned an invalid, refused or oversized header, and the
+        policy is ``"error"`` (500, or 504 on timeout).
+        """
+        if self.resolver is None:
+            return []
+        try:
+            call = self._called(args)
+            if self.timeout is None:
+                try:
+                    source = await call
+                except anyio.get_cancelled_exc_class() as exc:
+                    raise _stray_unless_cancelled(exc) from exc
+            else:
+                source = await _call_in_scope(call, self.timeout)
+            return _rendered(source, limits)
+        except _Timeout:
+            return self._timed_out(scope)
+        except Exception:
+            return self._failed(scope)
+
+    def start(
+        self, args: tuple[Any, ...], scope: Scope, limits: Limits
+    ) -> RawHeaders | Failed | Waiting:
+        """`run`, as far as the resolver goes without waiting: its outcome, or `Waiting`.
+
+        At ASGI spec 2.4 a resolver that returns at once (a constant, a cache hit) then
+        costs no listener and no cancel scope, once its code is known to step safely
+        (`_lifeline.step`); `Waiting` runs any other call, in the scope.
         """
         resolver = self.resolver
         if resolver is None:
             return []
-        seconds, path = self.timeout, scope.get("path", "")
         try:
-            call = resolver(*args)
-            if not inspect.isawaitable(call):
-                raise TypeError(
-                    f"{self.option} returned {type(call).__name__}, not an awaitable: "
-                    "declare it `async def`"
-                )
-            if seconds is None:
+            call = resolver(*args)  # `_called`, inline: this runs for every response at 2.4
+            if call.__class__ is not CoroutineType:  # another awaitable: stepped as one
+                call = _awaited(self._called_checked(call))
+            stepped: HeaderSource | Pending[HeaderSource]
+            if self.timeout is None:
                 try:
-                    source = await call
+                    stepped = step(call, self.code)
                 except anyio.get_cancelled_exc_class() as exc:
-                    if cancel_requested():
-                        raise
-                    raise _stray() from exc
-            else:
-                source = await _call_in_scope(call, seconds)
-            # Validates, and refuses framing, connection-specific and server-owned headers.
-            headers = render_headers(source)
-            if headers:
-                check_head_size(headers, limits.max_header_value_size, limits.max_head_size)
-            return headers
-        except _Timeout:
-            if self.policy == "degrade":
-                logger.warning(
-                    "header resolver timed out after %ss for %s; "
-                    "sending the response without its headers",
-                    seconds,
-                    path,
-                )
+                    raise _stray_unless_cancelled(exc) from exc
+            else:  # the deadline's scope opens at once: entered inside the lifeline's
+                stepped = step(_call_in_scope(call, self.timeout), eager=False)
+            if isinstance(stepped, Pending):
+                return Waiting(self, stepped, scope, limits)
+            if stepped.__class__ is dict and not stepped:  # `_rendered`, for no headers
                 return []
-            logger.error("header resolver timed out after %ss for %s", seconds, path)
-            return Failed(504, "Gateway Timeout")
+            return _rendered(stepped, limits)
+        except _Timeout:  # pragma: no cover - a timeout's scope is never stepped
+            return self._timed_out(scope)
         except Exception:
-            if self.policy == "degrade":
-                logger.warning(
-                    "header resolver failed for %s; sending the response without its headers",
-                    path,
-                    exc_info=True,
-                )
-                return []
-            logger.exception("header resolver failed for %s", path)
-            return Failed(500, "Internal Server Error")
+            return self._failed(scope)
+
+    def _called(self, args: tuple[Any, ...]) -> Awaitable[HeaderSource]:
+        assert self.resolver is not None
+        return self._called_checked(self.resolver(*args))
+
+    def _called_checked(self, call: object) -> Awaitable[HeaderSource]:
+        """``call``, what the resolver returned, if it can be awaited."""
+        if call.__class__ is not CoroutineType and not inspect.isawaitable(call):
+            raise TypeError(
+                f"{self.option} returned {type(call).__name__}, not an awaitable: "
+                "declare it `async def`"
+            )
+        return call
+
+    def _timed_out(self, scope: Scope) -> RawHeaders | Failed:
+        seconds, path = self.timeout, scope.get("path", "")
+        if self.policy == "degrade":
+            logger.warning(
+                "header resolver timed out after %ss for %s; "
+                "sending the response without its headers",
+                seconds,
+                path,
+            )
+            return []
+        logger.error("header resolver timed out after %ss for %s", seconds, path)
+        return Failed(504, "Gateway Timeout")
+
+    def _failed(self, scope: Scope) -> RawHeaders | Failed:
+        """The outcome of the exception being handled (called in its ``except`` block)."""
+        path = scope.get("path", "")
+        if self.policy == "degrade":
+            logger.warning(
+                "header resolver failed for %s; sending the response without its headers",
+                path,
+                exc_info=True,
+            )
+            return []
+        logger.exception("header resolver failed for %s", path)
+        return Failed(500, "Internal Server Error")
+
+
+def take_resolver_options(
+    response: Any, resolver: Any, timeout: float | None, policy: ResolverErrorPolicy
+) -> None:
+    """Set a response's ``header_resolver`` options when any is given (checked)."""
+    if resolver is not None or timeout is not None or policy != "error":
+        response._resolver_options = ResolverOptions.checked(
+            option="header_resolver", resolver=resolver, timeout=timeout, policy=policy
+        )
+
+
+class Waiting:
+    """A resolver that waits (`ResolverOptions.start`): `finish` awaits its outcome."""
+
+    __slots__ = ("_limits", "_options", "_pending", "_scope")
+
+    def __init__(
+        self,
+        options: ResolverOptions[Any],
+        pending: Pending[HeaderSource],
+        scope: Scope,
+        limits: Limits,
+    ) -> None:
+        self._options = options
+        self._pending = pending
+        self._scope = scope
+        self._limits = limits
+
+    async def finish(
+        self, listen: Callable[..., Awaitable[object]], *args: object
+    ) -> RawHeaders | Failed:
+        """The outcome, as `ResolverOptions.run` gives it, unless ``listen(*args)`` returns
+        first.
+
+        Raises:
+            Stopped: ``listen()`` returned first (the client left): the resolver was
+                cancelled.
+        """
+        options = self._options
+        try:
+            try:
+                source = await self._pending.watched(listen, *args)
+            except anyio.get_cancelled_exc_class() as exc:
+                raise _stray_unless_cancelled(exc) from exc
+            return _rendered(source, self._limits)
+        except Stopped:
+            raise
+        except _Timeout:
+            return options._timed_out(self._scope)
+        except Exception:
+            return options._failed(self._scope)
+
+
+async def _awaited(call: Awaitable[HeaderSource]) -> HeaderSource:
+    """``call`` (an awaitable other than a coroutine) as a coroutine, which `step` can step."""
+    return await call
+
+
+def _rendered(source: HeaderSource, limits: Limits) -> RawHeaders:
+    # Validates, and refuses framing, connection-specific and server-owned headers.
+    headers = render_headers(source)
+    if headers:
+        check_head_size(headers, limits.max_header_value_size, limits.max_head_size)
+    return headers
 
 
 # The options `ResolverOptions.checked` returned last (immutable, so shared safely; it keeps
@@ -268,6 +392,15 @@ async def _call_in_scope(call: Awaitable[HeaderSource], seconds: float) -> Heade
     if stray is not None:
         raise _stray() from stray
     raise _Timeout
+
+
+def _stray_unless_cancelled(exc: BaseException) -> ResolverCancelledError:
+    """The error for a ``CancelledError`` the resolver raised: re-raised if this task is
+    being cancelled, else a `ResolverCancelledError` (it awaited something another task
+    cancelled)."""
+    if cancel_requested():
+        raise exc
+    return _stray()
 
 
 def _stray() -> ResolverCancelledError:

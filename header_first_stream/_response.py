@@ -21,7 +21,7 @@ Invariants, enforced in `__call__` and `_respond` below:
    own, so a generator that holds a context variable across its yields (a tracing span)
    sees one task and one context from its first chunk to its ``finally``.
 6. One signal says "stop": the lifeline's (`Lifeline.stop`, or `Stopped` from
-   `first_of`), given by the listener (the client left) or the server-exit watch; a
+   `Waiting.finish`), given by the listener (the client left) or the server-exit watch; a
    cancellation from outside propagates. No head is sent once it was given, even if the
    resolver ended without noticing.
 7. No message object and no headers list this class sends is shared with another
@@ -30,15 +30,17 @@ Invariants, enforced in `__call__` and `_respond` below:
 How long the client is listened to (`Listen`), chosen once per request: to the end below
 ASGI spec 2.4 (as Starlette) or for work that lasts the stream (``end_on_shutdown``, the SSE
 class's pings and tasks); until the head is out at 2.4 when the body is entered before it (a
-peek, an overridden `stream_response`); only while a resolver waits at 2.4 (`first_of`: one
-that returns at once starts nothing); never for a websocket denial or when nothing waits.
+peek, an overridden `stream_response`); only while a resolver waits at 2.4
+(`ResolverOptions.start`: a call of code known to step safely that returns at once costs no
+listener and no cancel scope, `_lifeline.step`); never for a websocket denial or when
+nothing waits.
 
 Hooks for the SSE class (Starlette's public extension points are in the class docstring):
 `_send_body(send, first_chunk)`, if defined, sends the body after the head (this class
 sends its own in `_respond`, one coroutine less per open stream); `_encode_first(chunk)`
 encodes a peeked chunk as the body is encoded; `_wait_for_disconnect(receive, until)` is the
-listener's wait; `_listens_to_the_end()` and `_start_tasks(lifeline)` add work beside the
-whole response.
+listener's wait; `_listens_to_the_end()`, if defined, and `_start_tasks(lifeline)` add work
+beside the whole response.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import enum
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import suppress
+from types import AsyncGeneratorType
 from typing import Any
 
 import anyio
@@ -56,19 +59,24 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from ._body import close_body, must_close
-from ._head import check_response_options, decide_head, decide_response_head
+from ._body import close
+from ._head import (
+    decide_head,
+    decide_response_head,
+    take_peek_options,
+)
 from ._late import end_without_head
-from ._lifeline import Lifeline, Side
+from ._lifeline import Lifeline, Side, Stopped
 from ._listen import listen, on_server_exit, wait_for_disconnect
-from ._resolve import Option, ResolverOptions
+from ._resolve import Failed, Option, ResolverOptions, Waiting, take_resolver_options
 from ._scope import is_head, spec_at_least_2_4
-from ._shutdown import check_shutdown_options, unwatched, watch_server_exit
+from ._shutdown import take_shutdown_options, unwatched, watch_server_exit
 from ._types import (
     BYTES_TYPES,
     ChunkHeaderResolver,
     EarlyErrorHandler,
     HeaderResolver,
+    RawHeaders,
     ResolverErrorPolicy,
 )
 
@@ -93,19 +101,6 @@ def _deny_websocket(send: Send) -> Send:
         await send(message)
 
     return wrapped
-
-
-def _listening(response: HeaderFirstStreamingResponse, scope: Scope) -> Listen:
-    """How long ``response`` listens for the client leaving on this request."""
-    if scope["type"] == "websocket":
-        return Listen.NEVER
-    if not spec_at_least_2_4(scope) or response._listens_to_the_end():
-        return Listen.TO_THE_END
-    if response.peek_first_chunk or response._own_stream_response:
-        return Listen.UNTIL_HEAD  # the body is entered before the head
-    if response._resolver_options.resolver is not None:
-        return Listen.WHILE_RESOLVING
-    return Listen.NEVER
 
 
 class _Answered(Exception):
@@ -153,12 +148,10 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             before the first chunk to the `Response` to send (its status, headers and
             body; the late headers are added). Return ``None`` for the default ``502``
             with a JSON body ``{"error": {...}}`` that leaks nothing of the exception.
-        end_on_shutdown: End the stream when the server shuts down (see
-            `begin_shutdown`; uvicorn's exit signal is noticed by itself), so that an
-            endless stream does not hold the server's graceful shutdown until its
-            timeout. The generator is closed (its ``finally`` runs) and the stream is cut
-            off without its final chunk, so the client sees an incomplete response, not
-            a finished one.
+        end_on_shutdown: End the stream when the server shuts down (`begin_shutdown`, or
+            uvicorn's exit), so that an endless stream does not hold a graceful shutdown:
+            the generator is closed and the stream cut off without its final chunk (the
+            client sees an incomplete response, not a finished one).
         shutdown_event: With ``end_on_shutdown=True``: set when the shutdown is noticed,
             so the generator can end by itself (say goodbye) before it is cut off.
         shutdown_grace_period: Seconds between setting ``shutdown_event`` and cutting
@@ -181,6 +174,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
     """Seconds closing the body iterator may take before it is abandoned (logged)."""
 
     # Options as given: defaults here, set per request only when they differ.
+    _resolver_options: ResolverOptions[Any] = ResolverOptions(None, None, "error")
     header_resolver = Option("resolver")
     resolver_timeout = Option("timeout")
     on_resolver_error = Option("policy")
@@ -201,6 +195,9 @@ class HeaderFirstStreamingResponse(StreamingResponse):
     # A subclass that frames the body itself (the SSE class) defines it as
     # ``async def _send_body(self, send, first_chunk)``: the peeked chunk, the rest, the end.
     _send_body: Callable[[Send, bytes | memoryview | None], Awaitable[None]] | None = None
+    # A subclass with work that lasts the whole response (the SSE class's pings) defines it
+    # as ``def _listens_to_the_end(self) -> bool``: whether this response has any.
+    _listens_to_the_end: Callable[[], bool] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -225,31 +222,17 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         shutdown_event: anyio.Event | None = None,
         shutdown_grace_period: float = 0,
     ) -> None:
-        self._resolver_options = ResolverOptions.checked(
-            option="header_resolver",
-            resolver=header_resolver,
-            timeout=resolver_timeout,
-            policy=on_resolver_error,
-        )
-        check_response_options(self, peek_first_chunk, early_error_handler)
+        take_resolver_options(self, header_resolver, resolver_timeout, on_resolver_error)
+        if peek_first_chunk or early_error_handler is not None:
+            take_peek_options(self, peek_first_chunk, early_error_handler)
         if end_on_shutdown or shutdown_event is not None or shutdown_grace_period != 0:
-            check_shutdown_options(end_on_shutdown, shutdown_event, shutdown_grace_period)
+            take_shutdown_options(self, end_on_shutdown, shutdown_event, shutdown_grace_period)
         super().__init__(content, status_code, headers, media_type, background)
         if self.body_iterator is not content:  # Starlette wrapped a sync iterable
             self._sync_content = content
-        if peek_first_chunk:
-            self.peek_first_chunk = peek_first_chunk
-        if early_error_handler is not None:
-            self.early_error_handler = early_error_handler
-        if end_on_shutdown:
-            self.end_on_shutdown = end_on_shutdown
-            self.shutdown_event = shutdown_event
-            self.shutdown_grace_period = shutdown_grace_period
-
-    _resolver_options: ResolverOptions[HeaderResolver | ChunkHeaderResolver]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        listening = _listening(self, scope)
+        listening = _plan(self, scope)
         try:
             if listening is Listen.NEVER or listening is Listen.WHILE_RESOLVING:
                 await self._respond(None, scope, receive, send, listening)
@@ -283,19 +266,32 @@ class HeaderFirstStreamingResponse(StreamingResponse):
                 with suppress(_Answered):
                     await self.stream_response(_HeldHeadSend(self, scope, send, listener))
                 return
-            prepared = await decide_response_head(
-                self, scope, receive if how is Listen.WHILE_RESOLVING else None
-            )
-            if prepared is None:
-                # The client left before the head: send nothing; its headers are not lost.
-                end_without_head(scope)
-                return
+            if how is not Listen.WHILE_RESOLVING and (
+                self.peek_first_chunk or self._resolver_options.resolver is not None
+            ):
+                prepared = await decide_response_head(self, scope)  # the peek, the resolver
+            else:
+                outcome: RawHeaders | Failed = []  # nothing to wait for, or:
+                if how is Listen.WHILE_RESOLVING:  # spec 2.4: listen only while it waits
+                    started = self._resolver_options.start((), scope, self)
+                    if not isinstance(started, Waiting):  # it returned at once
+                        outcome = started
+                    else:
+                        try:
+                            outcome = await started.finish(self._wait_for_disconnect, receive)
+                        except Stopped:  # the client left: nothing sent, its headers kept
+                            end_without_head(scope)
+                            return
+                owner = type(self).__name__
+                prepared = decide_head(
+                    scope, self.status_code, self.raw_headers, outcome, self, owner=owner
+                )
             if how is Listen.UNTIL_HEAD and listener is not None:
                 listener.cancel()
             await send(prepared.start)
             if prepared.error_body is not None:
                 await self._send_last(send, prepared.error_body)
-            elif prepared.body_ended or is_head(scope):
+            elif prepared.body_ended or (scope.get("method") != "GET" and is_head(scope)):
                 await self._send_last(send, b"")
             else:
                 first_chunk = prepared.first_chunk
@@ -310,7 +306,10 @@ class HeaderFirstStreamingResponse(StreamingResponse):
                     )
                 # The per-chunk loop: keep it as lean as Starlette's own.
                 charset = self.charset
-                async for chunk in self._body():
+                iterating = self._iterating
+                if iterating is None:  # not peeked: `started(self)`, inline
+                    iterating = self._iterating = aiter(self.body_iterator)
+                async for chunk in iterating:
                     if not isinstance(chunk, BYTES_TYPES):
                         chunk = chunk.encode(charset)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -318,15 +317,16 @@ class HeaderFirstStreamingResponse(StreamingResponse):
                 self._ending = True  # `_send_last`, inline: one coroutine less per response
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            stop_tasks()
-            if must_close(self._iterating, self._exhausted, self._sync_content):
-                await close_body(
-                    self._iterating or self.body_iterator, self._sync_content, self.cleanup_timeout
-                )
-
-    def _listens_to_the_end(self) -> bool:
-        """Whether work lasts the whole response on every spec version (subclasses add)."""
-        return self.end_on_shutdown
+            if stop_tasks is not unwatched:
+                stop_tasks()
+            # A native generator that ran to its end is closed already (asked first, here:
+            # the commonest end of a response).
+            if (
+                not self._exhausted
+                or self._iterating.__class__ is not AsyncGeneratorType
+                or self._sync_content is not None
+            ):
+                await close(self)
 
     def _start_tasks(self, lifeline: Lifeline) -> Callable[[], None]:
         """Start what runs beside the body; return the call that stops it."""
@@ -339,17 +339,9 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         """The listener's wait: ``True`` once the client left, ``False`` at ``until``."""
         return await wait_for_disconnect(self.listen_for_disconnect, receive, until)
 
-    def _body(self) -> AsyncIterator[Any]:
-        """The body iterator, started once and shared by the peek and the loop."""
-        if self._iterating is None:
-            self._iterating = aiter(self.body_iterator)
-        return self._iterating
-
     async def _send_last(self, send: Send, body: bytes | memoryview) -> None:
-        """Send the final body message, which the listener must not cut short."""
-        # A server may close the connection inside the last send() (hypercorn does, on
-        # `Connection: close`); the listener then sees http.disconnect and must not cancel
-        # that very send half-way, leaving the socket open.
+        """Send the final body message, which the listener must not cut short (a server
+        may close the connection inside it, as hypercorn does on ``Connection: close``)."""
         self._ending = True
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -358,6 +350,23 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         if isinstance(chunk, BYTES_TYPES):
             return chunk
         return chunk.encode(self.charset)  # type: ignore[no-any-return]
+
+
+def _plan(response: HeaderFirstStreamingResponse, scope: Scope) -> Listen:
+    """How long the client is listened to on this request."""
+    if scope["type"] == "websocket":
+        return Listen.NEVER
+    if (
+        not spec_at_least_2_4(scope)
+        or response.end_on_shutdown
+        or (response._listens_to_the_end is not None and response._listens_to_the_end())
+    ):
+        return Listen.TO_THE_END
+    if response.peek_first_chunk or response._own_stream_response:
+        return Listen.UNTIL_HEAD  # the body is entered before the head
+    if response._resolver_options.resolver is not None:
+        return Listen.WHILE_RESOLVING
+    return Listen.NEVER
 
 
 class _HeldHeadSend:

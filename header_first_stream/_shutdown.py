@@ -33,6 +33,7 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import anyio
 from anyio.lowlevel import RunVar
@@ -42,7 +43,7 @@ from ._lifeline import Lifeline, Side
 __all__ = [
     "POLL_INTERVAL",
     "begin_shutdown",
-    "check_shutdown_options",
+    "take_shutdown_options",
     "keep_polling",
     "unwatched",
     "wait_for_server_exit",
@@ -175,10 +176,10 @@ async def wait_for_server_exit() -> None:
         await anyio.sleep(POLL_INTERVAL)
 
 
-def check_shutdown_options(
-    end_on_shutdown: bool, shutdown_event: object, shutdown_grace_period: object
+def take_shutdown_options(
+    response: Any, end_on_shutdown: bool, shutdown_event: object, shutdown_grace_period: object
 ) -> None:
-    """Raise TypeError/ValueError naming the shutdown option that is out of range."""
+    """Set a response's shutdown options; TypeError/ValueError naming one out of range."""
     if isinstance(shutdown_grace_period, bool) or not isinstance(
         shutdown_grace_period, int | float
     ):
@@ -193,3 +194,6 @@ def check_shutdown_options(
             "shutdown_event and shutdown_grace_period need end_on_shutdown=True: without "
             "it the stream does not watch for the server's shutdown"
         )
+    response.end_on_shutdown = end_on_shutdown
+    response.shutdown_event = shutdown_event
+    response.shutdown_grace_period = shutdown_grace_period

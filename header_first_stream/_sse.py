@@ -66,6 +66,7 @@ import anyio
 from starlette.background import BackgroundTask
 from starlette.types import Message, Receive, Scope, Send
 
+from ._body import started
 from ._lifeline import Lifeline
 from ._listen import on_server_exit
 from ._response import HeaderFirstStreamingResponse
@@ -279,7 +280,6 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse, EventSourceRe
             self.ping_interval > 0
             or self.data_sender_callable is not None
             or self.client_close_handler_callable is not None
-            or super()._listens_to_the_end()
         )
 
     def _start_tasks(self, lifeline: Lifeline) -> Callable[[], None]:
@@ -354,7 +354,7 @@ class HeaderFirstEventSourceResponse(HeaderFirstStreamingResponse, EventSourceRe
             self._event_in_flight = False
         # The per-event loop: two flag writes and one read beyond Starlette's own loop.
         tail = sep + sep
-        async for item in self._body():
+        async for item in started(self):
             # Fast paths for the two commonest items, byte for byte what `ensure_bytes`
             # gives (pinned by a property test): `bytes` are sent as they are, and a
             # one-line `str` is one ``data:`` line. Everything else goes to

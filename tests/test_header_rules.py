@@ -20,6 +20,7 @@ from header_first_stream import (
     HeaderFirstMiddleware,
     HeaderFirstStreamingResponse,
     HeaderValidationError,
+    _headers,
     late_headers,
 )
 from header_first_stream._headers import (
@@ -185,7 +186,7 @@ def test_validate_own_headers_refuses_framing_naming_the_header_and_the_fix(
     headers: list[tuple[bytes, bytes]],
 ) -> None:
     with pytest.raises(HeaderValidationError) as info:
-        validate_own_headers([(b"x-ok", b"1"), *headers], "HeaderFirstStreamingResponse")
+        validate_own_headers([(b"x-ok", b"1"), *headers], "HeaderFirstStreamingResponse", 8192)
     name, value = headers[-1][0].decode(), headers[-1][1].decode()
     assert str(info.value) == (
         f"invalid response header {name}: {value!r} for HeaderFirstStreamingResponse: the "
@@ -195,13 +196,42 @@ def test_validate_own_headers_refuses_framing_naming_the_header_and_the_fix(
 
 
 def test_validate_own_headers_accepts_one_content_length_as_starlette_does() -> None:
-    validate_own_headers([(b"content-length", b"10"), (b"x-a", b"1")], "R")
+    # Returns the head's size as check_head_size counts it: name + value + 4 per header.
+    assert validate_own_headers([(b"content-length", b"10"), (b"x-a", b"1")], "R", 8192) == 28
 
 
 def test_validate_own_headers_accepts_other_headers_and_refuses_control_characters() -> None:
-    validate_own_headers([(b"connection", b"close"), (b"server", b"mine")], "R")
+    assert validate_own_headers([(b"connection", b"close"), (b"server", b"mine")], "R", 8) == 33
     with pytest.raises(HeaderValidationError, match="contains '\\\\r'"):
-        validate_own_headers([(b"x-a", b"1\r\n")], "R")
+        validate_own_headers([(b"x-a", b"1\r\n")], "R", 8192)
+
+
+def test_validate_own_headers_gives_minus_one_for_a_value_over_the_cap_and_validates() -> None:
+    assert validate_own_headers([(b"x-a", b"12345"), (b"x-b", b"1")], "R", 4) == -1
+    assert validate_own_headers([(b"x-b", b"1"), (b"x-a", b"12345")], "R", 4) == -1
+    with pytest.raises(HeaderValidationError, match="contains '\\\\n'"):
+        validate_own_headers([(b"x-a", b"12345"), (b"x-c", b"\n")], "R", 4)
+
+
+def test_validate_own_headers_checks_an_unhashable_header_every_time() -> None:
+    # A bytearray value (Starlette accepts one) cannot be remembered as valid.
+    for _ in range(2):
+        assert validate_own_headers([(b"x-a", bytearray(b"1"))], "R", 8192) == 8  # type: ignore[list-item]
+    with pytest.raises(HeaderValidationError, match="contains '\\\\r'"):
+        validate_own_headers([(b"x-a", bytearray(b"1\r"))], "R", 8192)  # type: ignore[list-item]
+
+
+def test_validate_own_headers_remembers_valid_headers_and_forgets_them_when_full(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_headers, "_VALID_OWN", set())
+    monkeypatch.setattr(_headers, "_VALID_OWN_SIZE", 2)
+    for value in (b"1", b"2", b"3"):
+        validate_own_headers([(b"x-a", value)], "R", 8192)
+    assert {(b"x-a", b"3")} == _headers._VALID_OWN  # emptied when full, then added
+    long = (b"x-long", b"v" * 257)  # over 256 bytes: not remembered
+    validate_own_headers([long, (b"x-b", b"1")], "R", 8192)
+    assert long not in _headers._VALID_OWN
 
 
 @pytest.mark.anyio

@@ -542,7 +542,9 @@ async def _value_once_listened(events: list[str], listener: Listener) -> str:
 
 async def _never(events: list[str]) -> str:
     try:
-        await anyio.sleep_forever()
+        # An event never set, not `sleep_forever()`: trio's sleeps open a cancel scope of
+        # their own, which `first_of` does not enter its scope inside (tests/test_first_of.py).
+        await anyio.Event().wait()
     finally:
         events.append("call ended")
     raise AssertionError("unreachable")

@@ -311,3 +311,47 @@ async def test_a_ping_to_a_client_that_left_ends_the_response_at_spec_2_4() -> N
         await response(http_scope(spec_version="2.4"), receive_nothing(), send)
     assert [m.get("body") for m in sent] == [None, b"data: one\r\n\r\n"]
     assert closed == [True]
+
+
+@pytest.mark.anyio
+async def test_pings_run_beside_the_whole_stream_at_spec_2_4_without_end_on_shutdown() -> None:
+    async def body() -> AsyncIterator[str]:
+        yield "one"
+        await anyio.sleep(WAIT)  # a quiet upstream: only the pings can notice the client left
+        yield "never"  # pragma: no cover
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        if is_ping(message):
+            raise OSError("connection closed")
+        sent.append(message)
+
+    response = HeaderFirstEventSourceResponse(
+        body(), ping=0.02, ping_message_factory=ping_event, end_on_shutdown=False
+    )
+    with anyio.fail_after(WAIT), pytest.raises(ClientDisconnect):
+        await response(http_scope(spec_version="2.4"), receive_nothing(), send)
+    assert [m.get("body") for m in sent] == [None, b"data: one\r\n\r\n"]
+
+
+@pytest.mark.anyio
+async def test_nothing_listens_at_spec_2_4_without_pings_tasks_or_end_on_shutdown() -> None:
+    calls: list[str] = []
+
+    async def receive() -> Message:
+        calls.append("receive")
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    response = HeaderFirstEventSourceResponse(events("a", "b"), ping=0, end_on_shutdown=False)
+    recorder = Recorder()
+    await response(http_scope(spec_version="2.4"), receive, recorder)
+    assert [m.get("body") for _, m in recorder.messages] == [
+        None,
+        b"data: a\r\n\r\n",
+        b"data: b\r\n\r\n",
+        b"",
+    ]
+    await anyio.sleep(0.01)  # a listener started anyway would have run
+    assert calls == []
