@@ -162,7 +162,7 @@ def decide_head(
         return _answered(scope, outcome, limits, outside)
     resolved = outcome
     late, every_late = take_late_headers(scope, resolved, outside)
-    names = late_names(scope) if expose else []  # `resolved`'s too: taken above
+    names = late_names(scope) if expose else None  # `resolved`'s too: taken above
     added = late or resolved or names
     size = -1  # the head's size, once known to be within `max_header_value_size`
     if owner is None:

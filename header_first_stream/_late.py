@@ -329,7 +329,12 @@ def take_late_headers(
     if isinstance(store, LateHeaders):
         return store._take(outside, resolved), store._raw
     scope[SCOPE_KEY] = _HEAD_SENT
-    return [], []
+    return _NONE_TAKEN
+
+
+# `take_late_headers` without a store: one pair for every response (its lists are read,
+# never changed, by every caller).
+_NONE_TAKEN: tuple[RawHeaders, RawHeaders] = ([], [])
 
 
 def end_without_head(scope: Scope) -> None:

@@ -45,7 +45,10 @@ neither scope nor listener; one that waits is resumed inside the scope, entered 
 wait. A stepped call whose first wait is, this time, inside a scope of its own cannot be
 held by the lifeline's scope: it is awaited to its end with the listener beside it, not
 cancelled (nothing is sent if the client left), and its code enters the scope first from
-then on.
+then on. Code whose calls all returned at once is stepped without reading the scope (the
+read costs a tenth of a Starlette response on asyncio); should one of its calls wait, it
+is not known whether a scope of its own is open, so that call is awaited to its end in the
+same way, and the scope at its end tells which it was.
 """
 
 from __future__ import annotations
@@ -71,11 +74,15 @@ class Stopped(Exception):
 
 def _asyncio_task() -> asyncio.Task[Any] | None:
     """The running asyncio task; ``None`` under trio (even as a guest of asyncio's loop)."""
-    loop = asyncio._get_running_loop()
+    loop = _running_loop()
     if loop is None:  # no asyncio event loop in this thread (trio): asked first, as
         return None  # `current_task()` raises there, which costs more
     return _current_task(loop)
 
+
+# Once per response at spec 2.4: bound here, not looked up in their modules every time.
+_running_loop = asyncio._get_running_loop
+_weak = weakref.ref
 
 # `asyncio.current_task(loop)` is Python code up to 3.11, a lookup in this dict.
 _current_task: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = getattr(
@@ -276,31 +283,31 @@ def _surfaced(errors: list[BaseException]) -> BaseException:
 
 
 # What was learned about the code of resolvers (`step`), per backend (the same code may
-# open a scope on one only: anyio's `sleep` is trio's, which opens one), by `id()`: ``True``
-# if its calls are stepped outside the lifeline's scope (a call returned without waiting,
-# or waited with no cancel scope of its own open), ``False`` once one waited inside a scope
-# of its own (they all enter the scope first from then on). A code object's hash is
-# computed anew each time, from all its parts: hence `id()`. An id reused by other code
-# makes that code enter the scope first, or be stepped and fall back as `step` says:
-# slower, not wrong. Emptied when full (code made at run time, by `exec`, could fill it).
-_LEARNED_ON_ASYNCIO: dict[int, bool] = {}
-_LEARNED_ON_TRIO: dict[int, bool] = {}
+# open a scope on one only: anyio's `sleep` is trio's, which opens one), by `id()`; a
+# code's rank only ever goes down. A code object's hash is computed anew each time, from
+# all its parts: hence `id()`. An id reused by other code makes that code enter the scope
+# first, or be stepped and fall back as `step` says: slower, not wrong. Emptied when full
+# (code made at run time, by `exec`, could fill it).
+_SCOPE_FIRST = 0  # a call waited inside a scope of its own: every call enters it first
+_STEPS = 1  # calls waited with no scope of their own open: stepped, the scope read around
+_AT_ONCE = 2  # every call returned without waiting: stepped, nothing read
+_LEARNED_ON_ASYNCIO: dict[int, int] = {}
+_LEARNED_ON_TRIO: dict[int, int] = {}
 _LEARNED_SIZE = 1024
 
 
-def _learned() -> dict[int, bool]:
-    """What was learned on this task's backend."""
-    return _LEARNED_ON_ASYNCIO if _asyncio_task() is not None else _LEARNED_ON_TRIO
+def _learned() -> dict[int, int]:
+    """What was learned on this thread's backend (trio as asyncio's guest: asyncio's)."""
+    return _LEARNED_ON_TRIO if _running_loop() is None else _LEARNED_ON_ASYNCIO
 
 
-def _learn(code: object, steps: bool) -> None:
+def _learn(code: object, rank: int) -> None:
     learned = _learned()
     if len(learned) == _LEARNED_SIZE:
         learned.clear()
-    if steps:
-        learned.setdefault(id(code), True)  # a scope seen once is never forgotten
-    else:
-        learned[id(code)] = False
+    known = learned.get(id(code))
+    if known is None or rank < known:
+        learned[id(code)] = rank
 
 
 _UNREADABLE = object()  # `_innermost_scope` where private state cannot be read
@@ -308,24 +315,34 @@ _PRIVATE: dict[str, Any] = {}  # per backend: what `_innermost_scope` reads, fou
 
 
 def _innermost_scope() -> object:
-    """This task's innermost cancel scope, as an opaque token to compare.
+    """This task's innermost cancel scope, as an opaque token to compare (`_scope_of`)."""
+    return _scope_of(_asyncio_task())
+
+
+def _scope_of(task: asyncio.Task[Any] | None) -> object:
+    """The innermost cancel scope of ``task``, the running one (``None``: trio's).
 
     Private state of anyio's asyncio backend and of trio, read only here (pinned by
     ``tests/test_first_of.py`` against the versions this package is tested with).
-    `_UNREADABLE` where it cannot be read: `first_of` then enters its scope first.
+    `_UNREADABLE` where it cannot be read: every call then enters its scope first.
     """
-    loop = asyncio._get_running_loop()
-    task = None if loop is None else _current_task(loop)
     if task is not None:  # asyncio (not trio as a guest of its loop: no task there)
-        states = _PRIVATE["asyncio"] if "asyncio" in _PRIVATE else _find_private("asyncio")
+        states = _PRIVATE.get("asyncio", _MISSING)
+        if states is _MISSING:
+            states = _find_private("asyncio")
         if states is None:  # pragma: no cover - an anyio that keeps it elsewhere
             return _UNREADABLE
-        state = states.get(weakref.ref(task))
+        state = states.get(_weak(task))
         return None if state is None else state.cancel_scope
-    current = _PRIVATE["trio"] if "trio" in _PRIVATE else _find_private("trio")
+    current = _PRIVATE.get("trio", _MISSING)
+    if current is _MISSING:
+        current = _find_private("trio")
     if current is None:  # pragma: no cover - a trio that keeps it elsewhere
         return _UNREADABLE
     return current()._cancel_status
+
+
+_MISSING = object()
 
 
 def _find_private(backend: str) -> Any:
@@ -354,17 +371,32 @@ def step(call: Coroutine[Any, Any, T], code: object = None, eager: bool = True) 
     resolver's code object; module docstring). Other calls (``eager=False``, ``code``
     unknown, ``None``, or seen opening a scope) are not stepped: a `Pending` that enters
     the lifeline's scope before the call runs, and learns about ``code`` from that call.
+    A call of code whose calls all returned at once is stepped with nothing read; if it
+    waits after all, it is not known whether a scope of its own is open, so it is treated
+    as one that is (awaited to its end, not cancelled), and `Pending.watched` learns from
+    the scope at its end whether one was.
     """
-    if not eager or code is None or _learned().get(id(code)) is not True:
+    loop = _running_loop()  # `_learned()`, inline
+    learned = _LEARNED_ON_TRIO if loop is None else _LEARNED_ON_ASYNCIO
+    rank = None if not eager or code is None else learned.get(id(code))
+    if rank == _AT_ONCE:
+        try:
+            trap = call.send(None)
+        except StopIteration as done:  # as every call before: nothing to watch
+            return done.value  # type: ignore[no-any-return]
+        task = None if loop is None else _current_task(loop)
+        return Pending(call, trap, scoped=False, code=code, first_wait=_scope_of(task))
+    if rank != _STEPS:
         return Pending(call, _NOT_STEPPED, scoped=True, code=code)
-    before = _innermost_scope()  # readable: `_learn` was told so
+    task = None if loop is None else _current_task(loop)  # `_innermost_scope()`, inline
+    before = _scope_of(task)  # readable: `_learn` was told so
     try:
         trap = call.send(None)
     except StopIteration as done:  # it returned without waiting: nothing to watch
         return done.value  # type: ignore[no-any-return]
-    scoped = _innermost_scope() is before
+    scoped = _scope_of(task) is before
     if not scoped:  # it stepped safely before, not this time: scope first from now on
-        _learn(code, False)
+        _learn(code, _SCOPE_FIRST)
     return Pending(call, trap, scoped=scoped)
 
 
@@ -374,15 +406,22 @@ _NOT_STEPPED = object()  # `Pending`'s trap when the call has not run at all
 class Pending(Generic[T]):
     """A call that waits (`step`): `watched` awaits the rest unless the client leaves."""
 
-    __slots__ = ("_call", "_code", "_scoped", "_trap")
+    __slots__ = ("_call", "_code", "_first_wait", "_scoped", "_trap")
 
     def __init__(
-        self, call: Coroutine[Any, Any, T], trap: object, *, scoped: bool, code: object = None
+        self,
+        call: Coroutine[Any, Any, T],
+        trap: object,
+        *,
+        scoped: bool,
+        code: object = None,
+        first_wait: object = None,
     ) -> None:
         self._call = call
         self._trap = trap  # what its first wait yielded, for the event loop
         self._scoped = scoped  # the lifeline's scope can hold it (no scope of its own open)
-        self._code = code  # not stepped: what to learn about from this call
+        self._code = code  # what to learn about from this call
+        self._first_wait = first_wait  # with a code, stepped: the scope at its first wait
 
     async def watched(self, listen: Callable[..., Awaitable[object]], *args: object) -> T:
         """Await the call in this task, unless ``listen(*args)`` returns first.
@@ -399,7 +438,12 @@ class Pending(Generic[T]):
             await lifeline.run(_first_of, self._call, self._code, listen, args, result)
         else:
             resumed = _Resumed(self._call, self._trap)
-            await lifeline.run(_watched, resumed, listen, args, result, scoped=self._scoped)
+            try:
+                await lifeline.run(_watched, resumed, listen, args, result, scoped=self._scoped)
+            finally:
+                if self._code is not None:  # the scope at its end is the one it began in
+                    own_scope = _innermost_scope() is not self._first_wait
+                    _learn(self._code, _SCOPE_FIRST if own_scope else _STEPS)
         if lifeline.stopped:
             raise Stopped  # even if the call ended anyway (it swallowed the cancellation)
         await anyio.lowlevel.checkpoint_if_cancelled()
@@ -440,17 +484,18 @@ async def _first_of(
     # Stepped here, inside the lifeline's scope, to learn whether its calls can be stepped
     # outside it: no scope of its own open at its first wait.
     before = _innermost_scope()
-    readable = before is not _UNREADABLE
+    at_once = _SCOPE_FIRST if before is _UNREADABLE else _AT_ONCE
     try:
         trap = call.send(None)
     except StopIteration as done:
-        _learn(code, readable)
+        _learn(code, at_once)
         result.append(done.value)
         return
     except BaseException:  # raised without waiting: stepping it would have been safe too
-        _learn(code, readable)
+        _learn(code, at_once)
         raise
-    _learn(code, readable and _innermost_scope() is before)
+    own_scope = before is _UNREADABLE or _innermost_scope() is not before
+    _learn(code, _SCOPE_FIRST if own_scope else _STEPS)
     result.append(await _Resumed(call, trap))
 
 

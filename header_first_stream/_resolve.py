@@ -151,17 +151,8 @@ class ResolverOptions(NamedTuple, Generic[R]):
             TypeError: ``resolver`` is not callable.
             ValueError: ``timeout`` or ``policy`` is out of range.
         """
-        last = _last_checked[0]
-        if (
-            last is not None
-            and last.resolver is resolver
-            and last.timeout is timeout
-            and last.policy is policy
-            and last.option is option
-            and last.takes is takes
-        ):
-            # The options of the last response again (an endpoint builds one per request):
-            # checked already, and shared, so an open stream does not hold a copy.
+        last = _reused(resolver, timeout, policy, option, takes)
+        if last is not None:
             return last
         taking = "" if takes is None else f" taking {takes}"
         if resolver is not None and not callable(resolver):
@@ -225,7 +216,8 @@ class ResolverOptions(NamedTuple, Generic[R]):
         if resolver is None:
             return []
         try:
-            call = resolver(*args)  # `_called`, inline: this runs for every response at 2.4
+            # `_called`, inline: this runs for every response at 2.4 (mostly without args).
+            call = resolver(*args) if args else resolver()
             if call.__class__ is not CoroutineType:  # another awaitable: stepped as one
                 call = _awaited(self._called_checked(call))
             stepped: HeaderSource | Pending[HeaderSource]
@@ -290,10 +282,31 @@ def take_resolver_options(
     response: Any, resolver: Any, timeout: float | None, policy: ResolverErrorPolicy
 ) -> None:
     """Set a response's ``header_resolver`` options when any is given (checked)."""
-    if resolver is not None or timeout is not None or policy != "error":
-        response._resolver_options = ResolverOptions.checked(
-            option="header_resolver", resolver=resolver, timeout=timeout, policy=policy
-        )
+    if resolver is None and timeout is None and policy == "error":
+        return
+    response._resolver_options = _reused(
+        resolver, timeout, policy, "header_resolver", None
+    ) or ResolverOptions.checked(
+        option="header_resolver", resolver=resolver, timeout=timeout, policy=policy
+    )
+
+
+def _reused(
+    resolver: Any, timeout: float | None, policy: str, option: str, takes: str | None
+) -> ResolverOptions[Any] | None:
+    """The options of the last response, if these are the same (an endpoint builds one
+    response per request): checked already, and shared, so an open stream holds no copy."""
+    last = _last_checked[0]
+    if (
+        last is not None
+        and last.resolver is resolver
+        and last.timeout is timeout
+        and last.policy is policy
+        and last.option == option
+        and last.takes is takes
+    ):
+        return last
+    return None
 
 
 class Waiting:
@@ -315,14 +328,9 @@ class Waiting:
 
     async def finish(
         self, listen: Callable[..., Awaitable[object]], *args: object
-    ) -> RawHeaders | Failed:
+    ) -> RawHeaders | Failed | None:
         """The outcome, as `ResolverOptions.run` gives it, unless ``listen(*args)`` returns
-        first.
-
-        Raises:
-            Stopped: ``listen()`` returned first (the client left): the resolver was
-                cancelled.
-        """
+        first (the client left): then ``None``, the resolver cancelled."""
         options = self._options
         try:
             try:
@@ -331,7 +339,7 @@ class Waiting:
                 raise _stray_unless_cancelled(exc) from exc
             return _rendered(source, self._limits)
         except Stopped:
-            raise
+            return None
         except _Timeout:
             return options._timed_out(self._scope)
         except Exception:

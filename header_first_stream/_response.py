@@ -59,14 +59,14 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from ._body import close
+from ._body import close, started
 from ._head import (
     decide_head,
     decide_response_head,
     take_peek_options,
 )
 from ._late import end_without_head
-from ._lifeline import Lifeline, Side, Stopped
+from ._lifeline import Lifeline, Side
 from ._listen import listen, on_server_exit, wait_for_disconnect
 from ._resolve import Failed, Option, ResolverOptions, Waiting, take_resolver_options
 from ._scope import is_head, spec_at_least_2_4
@@ -271,21 +271,26 @@ class HeaderFirstStreamingResponse(StreamingResponse):
             ):
                 prepared = await decide_response_head(self, scope)  # the peek, the resolver
             else:
-                outcome: RawHeaders | Failed = []  # nothing to wait for, or:
+                # (No more local variables than needed: this frame lasts the stream.)
+                outcome: RawHeaders | Failed | Waiting | None
                 if how is Listen.WHILE_RESOLVING:  # spec 2.4: listen only while it waits
-                    started = self._resolver_options.start((), scope, self)
-                    if not isinstance(started, Waiting):  # it returned at once
-                        outcome = started
-                    else:
-                        try:
-                            outcome = await started.finish(self._wait_for_disconnect, receive)
-                        except Stopped:  # the client left: nothing sent, its headers kept
+                    outcome = self._resolver_options.start((), scope, self)
+                    if isinstance(outcome, Waiting):  # it did not return at once
+                        outcome = await outcome.finish(self._wait_for_disconnect, receive)
+                        if outcome is None:  # the client left: nothing sent, headers kept
                             end_without_head(scope)
                             return
-                owner = type(self).__name__
+                else:
+                    outcome = []  # nothing to wait for
                 prepared = decide_head(
-                    scope, self.status_code, self.raw_headers, outcome, self, owner=owner
+                    scope,
+                    self.status_code,
+                    self.raw_headers,
+                    outcome,
+                    self,
+                    owner=type(self).__name__,
                 )
+                del outcome  # taken into the head: an open stream keeps none of it
             if how is Listen.UNTIL_HEAD and listener is not None:
                 listener.cancel()
             await send(prepared.start)
@@ -305,13 +310,9 @@ class HeaderFirstStreamingResponse(StreamingResponse):
                         {"type": "http.response.body", "body": first_chunk, "more_body": True}
                     )
                 # The per-chunk loop: keep it as lean as Starlette's own.
-                charset = self.charset
-                iterating = self._iterating
-                if iterating is None:  # not peeked: `started(self)`, inline
-                    iterating = self._iterating = aiter(self.body_iterator)
-                async for chunk in iterating:
+                async for chunk in started(self):  # peeked, or started now
                     if not isinstance(chunk, BYTES_TYPES):
-                        chunk = chunk.encode(charset)
+                        chunk = chunk.encode(self.charset)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 self._exhausted = True
                 self._ending = True  # `_send_last`, inline: one coroutine less per response

@@ -103,8 +103,12 @@ def _not_stepped(pending: object) -> bool:
 
 
 async def _learn_that_it_steps() -> None:
-    assert await first_of(_resolver([], None), _stays, code=CODE) == "value"
-    assert {id(CODE): True} == _lifeline._learned()
+    """Teach `CODE` that its calls wait with no scope of their own open."""
+    gate = anyio.Event()
+    gate.set()
+    with anyio.fail_after(5):
+        assert await first_of(_resolver([], gate), _stays, code=CODE) == "value"
+    assert {id(CODE): _lifeline._STEPS} == _lifeline._learned()
 
 
 # --- the private reads, pinned -------------------------------------------------------------
@@ -134,7 +138,7 @@ async def test_a_first_call_that_returns_at_once_is_not_stepped_and_teaches_that
     assert await pending.watched(_leaving(events)) == "value"
     await _passes()
     assert events == ["call ran"]  # the listener was never called
-    assert {id(CODE): True} == _lifeline._learned()
+    assert {id(CODE): _lifeline._AT_ONCE} == _lifeline._learned()
     # Its next call is stepped: it returns its value, with nothing set up.
     assert step(_resolver(events, None), CODE) == "value"
 
@@ -145,7 +149,7 @@ async def test_a_first_call_that_waits_at_its_base_teaches_that_it_steps() -> No
     gate.set()
     with anyio.fail_after(5):
         assert await first_of(_resolver(events, gate), _stays, code=CODE) == "value"
-    assert {id(CODE): True} == _lifeline._learned()
+    assert {id(CODE): _lifeline._STEPS} == _lifeline._learned()
     pending = step(_resolver(events, anyio.Event()), CODE)
     assert _stepped(pending)
     assert isinstance(pending, Pending)
@@ -158,7 +162,7 @@ async def test_a_first_call_waiting_in_its_own_scope_is_cancelled_and_teaches_sc
     with anyio.fail_after(5), pytest.raises(Stopped):
         await first_of(_resolver(events, anyio.Event(), True), _leaving(events), code=CODE)
     assert events == ["call ran", "left", "call cancelled"]
-    assert {id(CODE): False} == _lifeline._learned()
+    assert {id(CODE): _lifeline._SCOPE_FIRST} == _lifeline._learned()
     # Its later calls are not stepped, even one that would return at once.
     assert _not_stepped(step(_resolver(events, None), CODE))
 
@@ -170,7 +174,7 @@ async def test_a_first_call_that_raises_before_it_waits_raises_and_teaches_that_
     code = failing.__code__
     with pytest.raises(LookupError, match=r"^resolver failed at once$"):
         await first_of(failing(), _stays, code=code)
-    assert {id(code): True} == _lifeline._learned()
+    assert {id(code): _lifeline._AT_ONCE} == _lifeline._learned()
     with pytest.raises(LookupError, match=r"^resolver failed at once$"):
         step(failing(), code)  # stepped: raised by the step itself
 
@@ -191,7 +195,7 @@ async def test_where_the_scope_cannot_be_read_no_code_learns_that_it_steps(
     gate = anyio.Event()
     gate.set()
     assert await first_of(_resolver(events, gate), _stays, code=CODE) == "value"
-    assert {id(CODE): False} == _lifeline._learned()
+    assert {id(CODE): _lifeline._SCOPE_FIRST} == _lifeline._learned()
     with anyio.fail_after(5), pytest.raises(Stopped):
         await first_of(_resolver(events, anyio.Event(), True), _leaving(events), code=CODE)
     assert events[-2:] == ["left", "call cancelled"]
@@ -202,7 +206,48 @@ async def test_the_memory_of_codes_is_bounded(monkeypatch: pytest.MonkeyPatch) -
     codes = [object(), object(), object()]  # kept alive: their ids stay theirs
     for code in codes:
         assert await first_of(_resolver([], None), _stays, code=code) == "value"
-    assert {id(codes[2]): True} == _lifeline._learned()  # emptied when full
+    assert {id(codes[2]): _lifeline._AT_ONCE} == _lifeline._learned()  # emptied when full
+
+
+# --- calls of code that returned at once: stepped, nothing read ---------------------------------
+
+
+async def _learn_that_it_returns_at_once() -> None:
+    assert await first_of(_resolver([], None), _stays, code=CODE) == "value"
+    assert {id(CODE): _lifeline._AT_ONCE} == _lifeline._learned()
+
+
+async def test_a_call_of_code_that_returned_at_once_and_now_waits_runs_to_its_end() -> None:
+    await _learn_that_it_returns_at_once()
+    events: list[str] = []
+    gate = anyio.Event()
+    # Nothing was read before its step: whether a scope of its own is open is not known,
+    # so it is treated as if one were: the client leaving does not cancel it.
+    with anyio.fail_after(5):
+        pending = step(_resolver(events, gate), CODE)
+        assert _stepped(pending)
+        assert isinstance(pending, Pending)
+        assert not pending._scoped
+        with pytest.raises(Stopped):
+            await pending.watched(_leaving(events, then_open=gate))
+    assert events == ["call ran", "left", "call ended"]
+    # Its end showed no scope of its own: its calls are stepped, the scope read around.
+    assert {id(CODE): _lifeline._STEPS} == _lifeline._learned()
+    events.clear()
+    with anyio.fail_after(5), pytest.raises(Stopped):
+        await first_of(_resolver(events, anyio.Event()), _leaving(events), code=CODE)
+    assert events == ["call ran", "left", "call cancelled"]
+
+
+async def test_a_call_of_code_that_returned_at_once_and_now_waits_in_its_own_scope() -> None:
+    await _learn_that_it_returns_at_once()
+    events: list[str] = []
+    gate = anyio.Event()
+    gate.set()
+    with anyio.fail_after(5):
+        assert await first_of(_resolver(events, gate, True), _stays, code=CODE) == "value"
+    assert {id(CODE): _lifeline._SCOPE_FIRST} == _lifeline._learned()
+    assert _not_stepped(step(_resolver(events, None), CODE))
 
 
 # --- calls of code that steps: stepped first -------------------------------------------------
@@ -244,14 +289,14 @@ async def test_a_stepped_call_waiting_in_its_own_scope_runs_to_its_end_then_is_s
         assert _stepped(pending)
         assert isinstance(pending, Pending)
         assert not pending._scoped
-        assert {id(CODE): False} == _lifeline._learned()
+        assert {id(CODE): _lifeline._SCOPE_FIRST} == _lifeline._learned()
         with pytest.raises(Stopped):
             await pending.watched(_leaving(events, then_open=gate))
     assert events == ["call ran", "left", "call ended"]
     # Its later calls run inside the scope from their start, even after one that returned
     # at once: the client leaving cancels them.
     assert await first_of(_resolver(events, None), _stays, code=CODE) == "value"
-    assert {id(CODE): False} == _lifeline._learned()
+    assert {id(CODE): _lifeline._SCOPE_FIRST} == _lifeline._learned()
     events.clear()
     with anyio.fail_after(5), pytest.raises(Stopped):
         await first_of(_resolver(events, anyio.Event(), True), _leaving(events), code=CODE)
@@ -353,6 +398,6 @@ async def test_what_is_learned_on_one_backend_is_not_used_on_the_other() -> None
     other = _lifeline._LEARNED_ON_TRIO
     if _lifeline._learned() is other:
         other = _lifeline._LEARNED_ON_ASYNCIO
-    other[id(CODE)] = True  # as if its calls stepped safely on the other backend
+    other[id(CODE)] = _lifeline._AT_ONCE  # as if its calls returned at once on the other
     assert _not_stepped(step(_resolver([], None), CODE))
     assert _lifeline._learned() == {}

@@ -8,7 +8,8 @@ when it returned without waiting, or waited with no cancel scope of its own open
 returns at once costs no listener and no scope. Whatever the path, the client leaving while
 the resolver waits sends nothing and closes the body; the one exception, documented in
 ``docs/differences.md``: a call stepped first whose first wait is, this time, inside a scope
-of its own runs to its end (nothing is sent), and its code is scoped first from then on.
+of its own, or the first call that waits at all of a code whose calls returned at once until
+then, runs to its end (nothing is sent), and its end decides how its code's calls run.
 
 Each test defines its resolvers inside it, and starts with nothing learned: what is learned
 is kept per code object for the process.
@@ -85,14 +86,22 @@ def _messages(recorder: Recorder) -> list[Message]:
 
 
 async def _left_while_resolving(
-    resolver: Callable[[], Awaitable[Any]], waiting: anyio.Event
+    resolver: Callable[[], Awaitable[Any]],
+    waiting: anyio.Event,
+    gate: anyio.Event | None = None,
 ) -> tuple[Recorder, list[str]]:
-    """Call a response whose client leaves once the resolver set ``waiting``."""
+    """Call a response whose client leaves once the resolver set ``waiting``; ``gate``, what
+    the resolver then waits for, if given, opens once the listener has seen it leave."""
     client, events = Client(), list[str]()
 
     async def leave_when_waiting() -> None:
         await waiting.wait()
         client.leave.set()
+        if gate is not None:
+            while client.calls == 0:  # noqa: ASYNC110 - the listener has run
+                await anyio.sleep(0.001)
+            await anyio.sleep(0.01)
+            gate.set()
 
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
@@ -162,56 +171,6 @@ async def test_a_resolver_first_waiting_in_its_own_scope_is_cancelled_every_time
         recorder, _ = await _left_while_resolving(resolver, waiting)
         assert recorder.messages == []
     assert log == ["resolver cancelled"] * 3
-
-
-async def test_a_stepped_resolver_first_waiting_in_its_own_scope_runs_to_its_end_once() -> None:
-    log: list[str] = []
-    cached: list[dict[str, str]] = [{"x-quota": "39"}]  # a cache hit, then misses
-
-    async def resolver() -> dict[str, str]:
-        if cached:
-            return cached.pop()
-        with anyio.fail_after(5):  # the miss: a read with a deadline, as a client's
-            waiting.set()
-            try:
-                await gate.wait()
-            except anyio.get_cancelled_exc_class():
-                log.append("resolver cancelled")
-                raise
-        log.append("resolver ended")
-        return {"x-quota": "38"}
-
-    waiting, gate = anyio.Event(), anyio.Event()
-    recorder = await _sent(resolver)  # the hit: learned that its calls can be stepped
-    assert _messages(recorder) == _whole([*OWN, (b"x-quota", b"39")])
-
-    # The first miss is stepped, and waits inside its own scope: the response's scope
-    # cannot hold it, so the client leaving does not cancel it. It runs to its end;
-    # nothing is sent and the body is not entered.
-    async def open_gate_when_left() -> None:
-        await waiting.wait()
-        client.leave.set()
-        while client.calls == 0:  # noqa: ASYNC110 - the listener has run
-            await anyio.sleep(0.001)
-        await anyio.sleep(0.01)
-        gate.set()
-
-    client, events = Client(), list[str]()
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as group:
-            group.start_soon(open_gate_when_left)
-            recorder = await call(
-                _response(resolver, events), http_scope(spec_version="2.4"), client
-            )
-    assert recorder.messages == []
-    assert events == []
-    assert log == ["resolver ended"]
-
-    # From then on its calls run inside the scope from their start: cancelled.
-    waiting, gate = anyio.Event(), anyio.Event()
-    recorder, _ = await _left_while_resolving(resolver, waiting)
-    assert recorder.messages == []
-    assert log == ["resolver ended", "resolver cancelled"]
 
 
 async def test_a_resolver_that_raises_at_once_gets_a_500_on_every_call(
@@ -304,3 +263,46 @@ async def test_a_stepped_resolver_sees_late_headers_and_adds_its_own() -> None:
             (b"x-late-from-resolver", b"1"),
             (b"x-quota", b"36"),
         ]
+
+
+@pytest.mark.parametrize("own_scope", [True, False], ids=["own scope", "no scope"])
+async def test_the_first_miss_of_a_resolver_that_returned_at_once_runs_to_its_end_once(
+    own_scope: bool,
+) -> None:
+    log: list[str] = []
+    cached: list[dict[str, str]] = [{"x-quota": "39"}]  # a cache hit, then misses
+
+    async def resolver() -> dict[str, str]:
+        if cached:
+            return cached.pop()
+        waiting.set()
+        try:
+            if own_scope:  # the miss: a read with a deadline, as a client's
+                with anyio.fail_after(5):
+                    await gate.wait()
+            else:
+                await gate.wait()
+        except anyio.get_cancelled_exc_class():
+            log.append("resolver cancelled")
+            raise
+        log.append("resolver ended")
+        return {"x-quota": "38"}
+
+    waiting, gate = anyio.Event(), anyio.Event()
+    recorder = await _sent(resolver)  # the hit: its calls return at once
+    assert _messages(recorder) == _whole([*OWN, (b"x-quota", b"39")])
+
+    # The first miss is stepped with nothing read: whether a scope of its own is open is
+    # not known, so the client leaving does not cancel it. It runs to its end; nothing is
+    # sent and the body is not entered.
+    recorder, events = await _left_while_resolving(resolver, waiting, gate)
+    assert recorder.messages == []
+    assert events == []
+    assert log == ["resolver ended"]
+
+    # Its end told whether it had a scope of its own: its next miss runs inside the
+    # response's scope, from its start or from its first wait, and is cancelled.
+    waiting, gate = anyio.Event(), anyio.Event()
+    recorder, _ = await _left_while_resolving(resolver, waiting)
+    assert recorder.messages == []
+    assert log == ["resolver ended", "resolver cancelled"]
