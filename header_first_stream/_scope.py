@@ -12,7 +12,8 @@ _SPEC_AT_LEAST_2_4: dict[str, bool] = {}
 
 def spec_at_least_2_4(scope: Scope) -> bool:
     """Whether the server speaks ASGI spec 2.4 or later (a disconnect raises from send)."""
-    version: str = scope.get("asgi", {}).get("spec_version", "2.0")
+    asgi = scope.get("asgi")
+    version: str = "2.0" if asgi is None else asgi.get("spec_version", "2.0")
     known = _SPEC_AT_LEAST_2_4.get(version)
     if known is None:
         # As Starlette reads it, so "2.4.1" or "3" is accepted too.
