@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import anyio
 import anyio.to_thread
 
-__all__ = ["Body", "close", "started"]
+__all__ = ["Body", "close", "must_close", "started"]
 
 logger = logging.getLogger("header_first_stream")
 
@@ -42,10 +42,10 @@ def started(body: Body) -> AsyncIterator[Any]:
 
 
 async def close(body: Body) -> None:
-    """Close the body unless it is closed already (`must_close`), within its timeout."""
-    if must_close(body._iterating, body._exhausted, body._sync_content):
-        iterator = body._iterating or body.body_iterator
-        await close_body(iterator, body._sync_content, body.cleanup_timeout)
+    """Close ``body`` (`close_body`: its iterator and the sync iterable it wraps)."""
+    await close_body(
+        body._iterating or body.body_iterator, body._sync_content, body.cleanup_timeout
+    )
 
 
 def must_close(iterating: object, exhausted: bool, sync_content: object) -> bool:

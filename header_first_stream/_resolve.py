@@ -151,9 +151,20 @@ class ResolverOptions(NamedTuple, Generic[R]):
             TypeError: ``resolver`` is not callable.
             ValueError: ``timeout`` or ``policy`` is out of range.
         """
-        last = _reused(resolver, timeout, policy, option, takes)
-        if last is not None:
-            return last
+        return _reused(resolver, timeout, policy, option, takes) or cls._validated(
+            option, resolver, timeout, policy, takes
+        )
+
+    @classmethod
+    def _validated(
+        cls,
+        option: str,
+        resolver: R | None,
+        timeout: float | None,
+        policy: ResolverErrorPolicy,
+        takes: str | None,
+    ) -> ResolverOptions[R]:
+        """`checked`, for options not the last ones: validated, and kept as the last."""
         taking = "" if takes is None else f" taking {takes}"
         if resolver is not None and not callable(resolver):
             raise TypeError(
@@ -233,9 +244,7 @@ class ResolverOptions(NamedTuple, Generic[R]):
             if stepped.__class__ is dict and not stepped:  # `_rendered`, for no headers
                 return []
             return _rendered(stepped, limits)
-        except _Timeout:  # pragma: no cover - a timeout's scope is never stepped
-            return self._timed_out(scope)
-        except Exception:
+        except Exception:  # a timeout's call is not stepped: its `_Timeout` comes later
             return self._failed(scope)
 
     def _called(self, args: tuple[Any, ...]) -> Awaitable[HeaderSource]:
@@ -284,11 +293,11 @@ def take_resolver_options(
     """Set a response's ``header_resolver`` options when any is given (checked)."""
     if resolver is None and timeout is None and policy == "error":
         return
+    # `checked`, without its keyword arguments: once per response.
+    option = "header_resolver"
     response._resolver_options = _reused(
-        resolver, timeout, policy, "header_resolver", None
-    ) or ResolverOptions.checked(
-        option="header_resolver", resolver=resolver, timeout=timeout, policy=policy
-    )
+        resolver, timeout, policy, option, None
+    ) or ResolverOptions._validated(option, resolver, timeout, policy, None)
 
 
 def _reused(

@@ -49,7 +49,6 @@ import enum
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import suppress
-from types import AsyncGeneratorType
 from typing import Any
 
 import anyio
@@ -59,7 +58,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from ._body import close, started
+from ._body import close, must_close, started
 from ._head import (
     decide_head,
     decide_response_head,
@@ -320,13 +319,7 @@ class HeaderFirstStreamingResponse(StreamingResponse):
         finally:
             if stop_tasks is not unwatched:
                 stop_tasks()
-            # A native generator that ran to its end is closed already (asked first, here:
-            # the commonest end of a response).
-            if (
-                not self._exhausted
-                or self._iterating.__class__ is not AsyncGeneratorType
-                or self._sync_content is not None
-            ):
+            if must_close(self._iterating, self._exhausted, self._sync_content):
                 await close(self)
 
     def _start_tasks(self, lifeline: Lifeline) -> Callable[[], None]:

@@ -35,6 +35,7 @@ from ._asgi import (
     call,
     chunk,
     http_scope,
+    sent,
     stale_cancellation,
     start,
     tracked,
@@ -81,10 +82,6 @@ def _whole(headers: list[tuple[bytes, bytes]], status: int = 200) -> list[Messag
     return [start(status, headers), chunk(b"a"), chunk(b"b"), END]
 
 
-def _messages(recorder: Recorder) -> list[Message]:
-    return [message for _, message in recorder.messages]
-
-
 async def _left_while_resolving(
     resolver: Callable[[], Awaitable[Any]],
     waiting: anyio.Event,
@@ -119,28 +116,37 @@ async def test_a_resolver_that_returns_at_once_never_listens_on_its_first_call_o
     for _ in range(3):  # the first call runs in a scope; the later ones are stepped
         client = Client()
         recorder = await _sent(resolver, client)
-        assert _messages(recorder) == _whole([*OWN, (b"x-quota", b"41")])
+        assert sent(recorder) == _whole([*OWN, (b"x-quota", b"41")])
         assert client.calls == 0  # no listener ever ran
 
 
-async def test_a_resolver_waiting_at_its_base_is_cancelled_when_the_client_leaves() -> None:
+@pytest.mark.parametrize("own_scope", [False, True], ids=["at its base", "own scope"])
+async def test_a_waiting_resolver_is_cancelled_when_the_client_leaves_every_time(
+    own_scope: bool,
+) -> None:
     log: list[str] = []
 
     async def resolver() -> dict[str, str]:
         waiting.set()
         try:
-            await anyio.Event().wait()
+            if own_scope:  # a scope of its own, open at its first wait
+                with anyio.fail_after(5):
+                    await anyio.Event().wait()
+            else:
+                await anyio.Event().wait()
         except anyio.get_cancelled_exc_class():
             log.append("resolver cancelled")
             raise
         raise AssertionError("unreachable")
 
-    for _ in range(2):  # in a scope from its start, then stepped and scoped at its wait
+    # The first call runs in a scope from its start; the later ones are stepped and scoped
+    # at their wait, or, once seen opening a scope of their own, scoped from their start.
+    for _ in range(3):
         waiting = anyio.Event()
         recorder, events = await _left_while_resolving(resolver, waiting)
         assert recorder.messages == []
         assert events == []  # the body was never entered (a generator not started)
-    assert log == ["resolver cancelled", "resolver cancelled"]
+    assert log == ["resolver cancelled"] * 3
 
 
 async def test_a_resolver_that_waits_then_returns_sends_its_headers_every_time() -> None:
@@ -150,27 +156,7 @@ async def test_a_resolver_that_waits_then_returns_sends_its_headers_every_time()
 
     for _ in range(3):
         recorder = await _sent(resolver)
-        assert _messages(recorder) == _whole([*OWN, (b"x-quota", b"40")])
-
-
-async def test_a_resolver_first_waiting_in_its_own_scope_is_cancelled_every_time() -> None:
-    log: list[str] = []
-
-    async def resolver() -> dict[str, str]:
-        with anyio.fail_after(5):  # a scope of its own, open at its first wait
-            waiting.set()
-            try:
-                await anyio.Event().wait()
-            except anyio.get_cancelled_exc_class():
-                log.append("resolver cancelled")
-                raise
-        raise AssertionError("unreachable")
-
-    for _ in range(3):  # in a scope from its start, always: it was seen opening one
-        waiting = anyio.Event()
-        recorder, _ = await _left_while_resolving(resolver, waiting)
-        assert recorder.messages == []
-    assert log == ["resolver cancelled"] * 3
+        assert sent(recorder) == _whole([*OWN, (b"x-quota", b"40")])
 
 
 async def test_a_resolver_that_raises_at_once_gets_a_500_on_every_call(
@@ -181,7 +167,7 @@ async def test_a_resolver_that_raises_at_once_gets_a_500_on_every_call(
 
     for _ in range(2):
         recorder = await _sent(resolver)
-        assert _messages(recorder) == [
+        assert sent(recorder) == [
             start(
                 500,
                 [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")],
@@ -199,7 +185,7 @@ async def test_a_resolver_that_raises_at_once_with_degrade_streams_without_its_h
 
     for _ in range(2):
         recorder = await _sent(resolver, on_resolver_error="degrade")
-        assert _messages(recorder) == _whole(OWN)
+        assert sent(recorder) == _whole(OWN)
 
 
 async def test_a_stray_cancellation_raised_at_once_is_a_resolver_failure() -> None:
@@ -225,7 +211,7 @@ async def test_a_resolver_returning_an_awaitable_that_is_not_a_coroutine_is_step
     for _ in range(3):
         client = Client()
         recorder = await _sent(lambda: Pending(), client)  # a lambda: not checked for async
-        assert _messages(recorder) == _whole([*OWN, (b"x-quota", b"37")])
+        assert sent(recorder) == _whole([*OWN, (b"x-quota", b"37")])
         assert client.calls == 0
 
 
@@ -237,7 +223,7 @@ async def test_a_resolver_with_a_timeout_runs_in_its_scope_from_its_start() -> N
     for _ in range(2):
         with anyio.fail_after(5):
             recorder = await _sent(resolver, resolver_timeout=0.01)
-        assert _messages(recorder) == [
+        assert sent(recorder) == [
             start(
                 504,
                 [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"15")],
@@ -290,7 +276,7 @@ async def test_the_first_miss_of_a_resolver_that_returned_at_once_runs_to_its_en
 
     waiting, gate = anyio.Event(), anyio.Event()
     recorder = await _sent(resolver)  # the hit: its calls return at once
-    assert _messages(recorder) == _whole([*OWN, (b"x-quota", b"39")])
+    assert sent(recorder) == _whole([*OWN, (b"x-quota", b"39")])
 
     # The first miss is stepped with nothing read: whether a scope of its own is open is
     # not known, so the client leaving does not cancel it. It runs to its end; nothing is
